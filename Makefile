@@ -1,0 +1,37 @@
+# Set-up and checks. Every target creates the virtual environment it needs.
+# uv is used when it is on PATH (fast, cached); plain venv + pip otherwise.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+UV := $(shell command -v uv 2>/dev/null)
+
+.PHONY: install test test-all demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+ifdef UV
+	uv venv --system-certs --allow-existing -q $(VENV) --python $(PYTHON)
+	uv pip install --system-certs -q -p $(PY) -e ".[dev]"
+else
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+endif
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VENV)/bin/ssaseg demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/classifier_overhead.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,0 +1,57 @@
+"""The vanilla pixel classifier: mmseg's ``cls_seg`` (Dropout2d, then a 1x1 conv)."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .losses import cross_entropy_all_pixels
+
+
+class LinearClassifier(nn.Module):
+    """Fixed-prototype 1x1 classifier.
+
+    Args:
+        in_channels: C, channels of the decoder feature map.
+        num_classes: K.
+        dropout: Dropout2d probability before the 1x1 conv (0 disables it, as OCRNet's heads).
+        ignore_index: label value that carries no loss.
+        loss_weight: multiplies the CE term (0.4 for the paper's auxiliary heads).
+        align_corners: flag of the bilinear resize of logits to the label size in the loss.
+
+    ``forward(feat (B,C,h,w))`` -> logits ``(B,K,h,w)`` in eval mode;
+    ``forward(feat, target (B,H,W))`` -> ``(logits, {"ce": loss})`` in train mode.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dropout: float = 0.1,
+        ignore_index: int = 255,
+        loss_weight: float = 1.0,
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.loss_weight = loss_weight
+        self.align_corners = align_corners
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.conv_seg = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+        nn.init.normal_(self.conv_seg.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(self.conv_seg.bias)
+
+    def forward(self, feat: Tensor, target: Tensor | None = None):
+        logits = self.conv_seg(self.dropout(feat))
+        if not self.training:
+            return logits
+        if target is None:
+            raise ValueError("LinearClassifier in train mode needs target (B, H, W)")
+        upsampled = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        ce = cross_entropy_all_pixels(upsampled.float(), target, self.ignore_index)
+        return logits, {"ce": self.loss_weight * ce}
+
+    def deploy(self) -> "LinearClassifier":
+        """Nothing is train-only here; present for interface symmetry with SSAClassifier."""
+        return self

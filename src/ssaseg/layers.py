@@ -1,0 +1,67 @@
+"""Small building blocks shared by backbones and decoders.
+
+``ConvModule`` keeps mmcv's attribute names (``conv``, ``bn``/``gn``, ``activate``) so that mmseg
+checkpoints map onto ssaseg modules without renaming.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "gelu": nn.GELU, "hswish": nn.Hardswish}
+
+
+def build_norm(kind: str, channels: int, num_groups: int = 32) -> tuple[str, nn.Module]:
+    """Return (mmcv attribute name, module) for ``kind`` in {"bn", "gn", "ln"}.
+
+    ``"bn"`` is plain BatchNorm2d; the trainer converts it to SyncBatchNorm under DDP when the
+    config asks for it (mmseg's SyncBN configs fall back to BN in one process).
+    """
+    if kind == "bn":
+        return "bn", nn.BatchNorm2d(channels)
+    if kind == "gn":
+        return "gn", nn.GroupNorm(num_groups, channels)
+    if kind == "ln":
+        return "ln", nn.GroupNorm(1, channels)
+    raise ValueError(f"unknown norm {kind!r}; expected 'bn', 'gn' or 'ln'")
+
+
+class ConvModule(nn.Sequential):
+    """Conv2d -> norm -> activation, with mmcv's names and its bias rule (no bias before a norm).
+
+    ``forward(x (B, Cin, H, W)) -> (B, Cout, H', W')``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int | None = None,
+        dilation: int = 1,
+        groups: int = 1,
+        norm: str | None = "bn",
+        act: str | None = "relu",
+        num_groups: int = 32,
+    ) -> None:
+        super().__init__()
+        if padding is None:
+            padding = dilation * (kernel_size - 1) // 2
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=norm is None
+        )
+        if norm is not None:
+            name, module = build_norm(norm, out_channels, num_groups)
+            self.add_module(name, module)
+        if act is not None:
+            if act not in _ACTIVATIONS:
+                raise ValueError(f"unknown activation {act!r}; expected one of {sorted(_ACTIVATIONS)}")
+            self.activate = _ACTIVATIONS[act](inplace=True) if act != "gelu" else nn.GELU()
+
+
+def resize(x: Tensor, size: tuple[int, int] | list[int], align_corners: bool = False) -> Tensor:
+    """Bilinear resize of ``x (B, C, H, W)`` to ``size``; a no-op when the size already matches."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
