@@ -1,0 +1,258 @@
+"""The SSA classifier: semantic and spatial prototype adaptation with online multi-domain
+distillation (SSA-Seg, NeurIPS 2024). Spec §2-§6; official parameter names in
+:data:`ssaseg.checkpoints.SSA_PARAMETER_NAMES`.
+
+Shapes: B images, C channels, K classes, feature map h x w (N = h·w), labels H x W.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .boundary import boundary_mask
+from .losses import cross_entropy_all_pixels, cross_entropy_valid_pixels
+from .ssa_losses import dice_loss, response_distillation, semantic_distillation, spatial_distillation
+
+#: Weights of the loss terms (spec §5 step 13, §6.6, §6.7).
+DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
+    "ce": 1.0,
+    "ce_coarse": 1.0,
+    "ce_teacher": 1.0,
+    "kd_response": 1.0,
+    "dice": 1.0,
+    "dice_teacher": 1.0,
+    "kd_semantic": 10.0,
+    "kd_spatial": 0.4,
+}
+_TEACHER_MODULES = ("teacher_semantic_proj", "teacher_spatial_proj", "teacher_center_proj")
+
+
+def _prototype_mlp(channels: int) -> nn.Sequential:
+    """φ: Linear(2C -> C/2, no bias) -> ReLU -> Linear(C/2 -> C)."""
+    return nn.Sequential(
+        nn.Linear(2 * channels, channels // 2, bias=False), nn.ReLU(inplace=True), nn.Linear(channels // 2, channels)
+    )
+
+
+def _full_precision(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def legacy_nearest_downsample(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    """PyTorch's legacy ``nearest`` (source index floor(dst·in/out)). (B,H,W) long -> (B,h,w) long."""
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+class SSAClassifier(nn.Module):
+    """Semantic and spatial adaptive pixel classifier.
+
+    Args:
+        in_channels: C, channels of the decoder feature map F (even).
+        num_classes: K.
+        dropout: Dropout2d before the coarse 1x1 classifier (0 disables it).
+        ignore_index: label value that carries no loss.
+        tau: scale of the cosine classifier and of the relation softmax (15).
+        eps: added to norms and denominators, never clamped (1e-12).
+        smoothness: teacher share of the response-distillation soft target (0.5: ½ teacher
+            probability + ½ ground truth).
+        border: width of the boundary-mask frame that is zeroed (6).
+        dilation: side of the boundary dilation kernel (3).
+        loss_weights: overrides of :data:`DEFAULT_LOSS_WEIGHTS`.
+        main_ce_all_pixels: normalise the main CE by all pixels, as mmseg 0.30 (faithful); False
+            averages over valid pixels like the other two CEs (spec Q7).
+        loss_align_corners: ``align_corners`` of the bilinear upsampling of logits to the label
+            size in the losses (True in the reference; inference uses False, spec Q8).
+        dice_mask_ignore: leave ignored pixels out of the dice (spec Q9 fix); False is faithful.
+
+    Eval: ``forward(feat (B,C,h,w)) -> logits (B,K,h,w)``, the student's τ-scaled cosines.
+    Train: ``forward(feat, target (B,H,W) long) -> (logits, losses)``; ``losses`` holds the
+    weighted terms ``ce, ce_coarse, ce_teacher, kd_response, dice, dice_teacher, kd_semantic,
+    kd_spatial``, whose sum is the objective. All SSA maths runs in fp32 under autocast.
+
+    An all-ignore batch gives finite losses: the three CEs, ``kd_response`` and the dice terms
+    are 0; ``kd_semantic`` and ``kd_spatial`` are still computed (they need no label).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dropout: float = 0.1,
+        ignore_index: int = 255,
+        tau: float = 15.0,
+        eps: float = 1e-12,
+        smoothness: float = 0.5,
+        border: int = 6,
+        dilation: int = 3,
+        loss_weights: dict[str, float] | None = None,
+        main_ce_all_pixels: bool = True,
+        loss_align_corners: bool = True,
+        dice_mask_ignore: bool = False,
+    ) -> None:
+        super().__init__()
+        if in_channels % 2:
+            raise ValueError(f"SSAClassifier needs an even in_channels (the MLPs halve it), got {in_channels}")
+        unknown = set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; expected keys {sorted(DEFAULT_LOSS_WEIGHTS)}")
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.tau = tau
+        self.eps = eps
+        self.smoothness = smoothness
+        self.border = border
+        self.dilation = dilation
+        self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
+        self.main_ce_all_pixels = main_ce_all_pixels
+        self.loss_align_corners = loss_align_corners
+        self.dice_mask_ignore = dice_mask_ignore
+
+        c = in_channels
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        # Fixed prototypes S = conv_seg.weight; mmseg's head init N(0, 0.01), bias 0.
+        self.conv_seg = nn.Conv2d(c, num_classes, kernel_size=1)
+        nn.init.normal_(self.conv_seg.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(self.conv_seg.bias)
+        # The remaining modules keep PyTorch's default init: it is part of the recipe (Q26).
+        self.position_encoder = nn.Conv2d(c, c, kernel_size=3, padding=1, groups=c)
+        self.class_position = nn.Embedding(num_classes, c)
+        self.semantic_proj = _prototype_mlp(c)
+        self.spatial_proj = _prototype_mlp(c)
+        self.center_proj = nn.Linear(c, c, bias=False)
+        self.teacher_semantic_proj = _prototype_mlp(c)
+        self.teacher_spatial_proj = _prototype_mlp(c)
+        self.teacher_center_proj = nn.Linear(c, c, bias=False)
+        self.has_teacher = True
+
+    # ------------------------------------------------------------------ building blocks
+    def _cosine_logits(self, pixels: Tensor, centers: Tensor) -> Tensor:
+        """τ·cos: pixels X (B,C,N), centers Z (B,K,C) -> (B,K,N)."""
+        x = pixels / (torch.linalg.vector_norm(pixels, dim=1, keepdim=True) + self.eps)
+        z = centers / (torch.linalg.vector_norm(centers, dim=-1, keepdim=True) + self.eps)
+        return self.tau * (z @ x)
+
+    def student(self, feat: Tensor, coarse: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """SEPA + SPPA (spec §3).
+
+        Args:
+            feat: F (B,C,h,w). coarse: M (B,K,h,w), the coarse logits conv_seg(dropout(F)).
+        Returns:
+            logits O (B,K,h,w), semantic prototypes S_p (B,K,C), spatial prototypes P_p (B,K,C),
+            feature position encoding P_f (B,C,N).
+        """
+        batch, _, h, w = feat.shape
+        feat_flat = feat.flatten(2)
+        feat_pos = self.position_encoder(feat).flatten(2)
+        mask = coarse.flatten(2)
+        # SPPA: softmax over positions gathers one spatial center per class.
+        spatial_center = F.softmax(mask, dim=-1) @ feat_pos.transpose(1, 2)
+        class_pos = self.class_position.weight.expand(batch, -1, -1)
+        spatial_proto = self.spatial_proj(torch.cat([class_pos, spatial_center], dim=-1))
+        # SEPA: softmax over classes, then a probability-weighted mean of the pixel features.
+        class_prob = F.softmax(mask, dim=1)
+        semantic_center = (class_prob @ feat_flat.transpose(1, 2)) / (class_prob.sum(-1, keepdim=True) + self.eps)
+        prototypes = self.conv_seg.weight.flatten(1).expand(batch, -1, -1)
+        semantic_proto = self.semantic_proj(torch.cat([semantic_center, prototypes], dim=-1))
+        centers = self.center_proj(semantic_proto + spatial_proto)
+        logits = self._cosine_logits(feat_flat + feat_pos, centers).unflatten(-1, (h, w))
+        return logits, semantic_proto, spatial_proto, feat_pos
+
+    def teacher(self, feat: Tensor, feat_pos: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """GT-guided teacher (spec §4), vectorised with a one-hot matmul.
+
+        Args:
+            feat: F (B,C,h,w). feat_pos: P_f (B,C,N). labels: (B,h,w) long at feature resolution.
+        Returns:
+            logits Ô (B,K,h,w), semantic prototypes Ŝ_p (K,C) (shared by the batch), spatial
+            prototypes P̂_p (B,K,C).
+        """
+        if not self.has_teacher:
+            raise RuntimeError("the teacher was removed by deploy(); training needs a model that was not deployed")
+        batch, _, h, w = feat.shape
+        k = self.num_classes
+        feat_flat = feat.flatten(2)
+        index = torch.where(labels == self.ignore_index, k, labels).flatten(1)  # (B,N), ignore -> K
+        onehot = feat.new_zeros(batch, k + 1, h * w).scatter_(1, index[:, None], 1.0)[:, :k]
+        count_per_image = onehot.sum(-1)  # (B,K)
+        prototypes = self.conv_seg.weight.flatten(1)
+        class_pos = self.class_position.weight
+        # Semantic centers are pooled over the whole per-device batch (faithful, spec Q11).
+        count = count_per_image.sum(0)[:, None]
+        feat_sums = (onehot @ feat_flat.transpose(1, 2)).sum(0)
+        semantic_center = torch.where(count > 0, feat_sums / (count + self.eps), prototypes.detach())
+        semantic_proto = self.teacher_semantic_proj(torch.cat([semantic_center, prototypes], dim=-1))
+        # Spatial centers are per image.
+        pos_sums = onehot @ feat_pos.transpose(1, 2)
+        spatial_center = torch.where(
+            count_per_image[..., None] > 0, pos_sums / (count_per_image[..., None] + self.eps), class_pos.detach()
+        )
+        spatial_proto = self.teacher_spatial_proj(torch.cat([spatial_center, class_pos.expand(batch, -1, -1)], dim=-1))
+        centers = self.teacher_center_proj(semantic_proto + spatial_proto)
+        logits = self._cosine_logits(feat_flat + feat_pos, centers).unflatten(-1, (h, w))
+        return logits, semantic_proto, spatial_proto
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, feat: Tensor, target: Tensor | None = None):
+        # SSA maths in full precision even under autocast (spec Q5).
+        guard = torch.autocast(feat.device.type, enabled=False) if torch.is_autocast_enabled(feat.device.type) else nullcontext()
+        with guard:
+            feat = _full_precision(feat)
+            coarse = self.conv_seg(self.dropout(feat))
+            logits, semantic_proto, spatial_proto, feat_pos = self.student(feat, coarse)
+            if not self.training:
+                return logits
+            if target is None:
+                raise ValueError("SSAClassifier in train mode needs target (B, H, W); call .eval() for inference")
+            if target.dim() != 3:
+                raise ValueError(f"target must be (B, H, W) long, got shape {tuple(target.shape)}")
+            losses = self._losses(feat, feat_pos, coarse, logits, semantic_proto, spatial_proto, target.long())
+        return logits, losses
+
+    def _losses(
+        self,
+        feat: Tensor,
+        feat_pos: Tensor,
+        coarse: Tensor,
+        logits: Tensor,
+        semantic_proto: Tensor,
+        spatial_proto: Tensor,
+        target: Tensor,
+    ) -> dict[str, Tensor]:
+        """The eight weighted loss terms of spec §5 (steps 5-13)."""
+        small = legacy_nearest_downsample(target, feat.shape[-2:])
+        teacher_logits, teacher_semantic, teacher_spatial = self.teacher(feat, feat_pos, small)
+        boundary = boundary_mask(small, self.border, self.dilation)
+
+        def up(x: Tensor) -> Tensor:
+            return F.interpolate(x, size=target.shape[-2:], mode="bilinear", align_corners=self.loss_align_corners)
+
+        logits_up, teacher_up, coarse_up = up(logits), up(teacher_logits), up(coarse)
+        main_ce = cross_entropy_all_pixels if self.main_ce_all_pixels else cross_entropy_valid_pixels
+        raw = {
+            "ce": main_ce(logits_up, target, self.ignore_index),
+            "ce_coarse": cross_entropy_valid_pixels(coarse_up, target, self.ignore_index),
+            "ce_teacher": cross_entropy_valid_pixels(teacher_up, target, self.ignore_index),
+            "kd_response": response_distillation(
+                logits, teacher_logits.detach(), small, boundary, self.smoothness, self.ignore_index, self.eps
+            ),
+            "dice": dice_loss(logits_up, target, self.ignore_index, self.dice_mask_ignore),
+            "dice_teacher": dice_loss(teacher_up, target, self.ignore_index, self.dice_mask_ignore),
+            "kd_semantic": semantic_distillation(semantic_proto, teacher_semantic.detach(), self.tau, self.eps),
+            "kd_spatial": spatial_distillation(spatial_proto, teacher_spatial.detach()),
+        }
+        return {name: self.loss_weights[name] * value for name, value in raw.items()}
+
+    def deploy(self) -> "SSAClassifier":
+        """Drop the train-only teacher: -(4C² + 2C) parameters. Inference is unchanged."""
+        for name in _TEACHER_MODULES:
+            if hasattr(self, name):
+                delattr(self, name)
+        self.has_teacher = False
+        return self
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, num_classes={self.num_classes}, tau={self.tau}, teacher={self.has_teacher}"

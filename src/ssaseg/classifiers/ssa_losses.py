@@ -1,0 +1,135 @@
+"""SSA-Seg's distillation and dice losses, vectorised (spec §6.4-6.7).
+
+All functions expect fp32 (or fp64) inputs; the classifier disables autocast around them
+(spec Q5: eps = 1e-12 underflows and per-class pixel counts overflow in fp16).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def per_class_sums(values: Tensor, labels: Tensor, num_classes: int, ignore_index: int) -> Tensor:
+    """Sum ``values`` over the pixels of each class.
+
+    Args:
+        values: (V, B, *spatial) — V quantities summed at once.
+        labels: (B, *spatial) long; ``ignore_index`` pixels are left out.
+    Returns:
+        (V, K) per-class sums over the whole batch.
+    """
+    index = torch.where(labels == ignore_index, num_classes, labels).flatten()
+    flat = values.flatten(1)
+    out = flat.new_zeros(flat.shape[0], num_classes + 1)
+    out.scatter_add_(1, index.expand(flat.shape[0], -1), flat)
+    return out[:, :num_classes]
+
+
+def response_distillation(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    boundary: Tensor,
+    smoothness: float = 0.5,
+    ignore_index: int = 255,
+    eps: float = 1e-12,
+) -> Tensor:
+    """Boundary-aware, entropy-weighted, class-balanced soft-target CE (spec §6.4; ``KLLoss``).
+
+    Args:
+        student_logits: O (B, K, h, w).
+        teacher_logits: Ô (B, K, h, w), already detached by the caller.
+        labels: (B, h, w) long at feature resolution.
+        boundary: (B, h, w) bool boundary band of ``labels``.
+    Returns:
+        Scalar: mean over the classes present in ``labels`` of
+        ½ (edge-normalised + interior-normalised) loss; 0 when no class is present.
+    """
+    num_classes = student_logits.shape[1]
+    valid = labels != ignore_index
+    target = torch.where(valid, labels, 0)
+    log_student = F.log_softmax(student_logits, dim=1)
+    teacher_prob = F.softmax(teacher_logits, dim=1)
+    # q = s·p + (1-s)·onehot(t): split the soft-target CE into its two parts (no one-hot tensor).
+    soft_part = -(teacher_prob * log_student).sum(1)
+    hard_part = -log_student.gather(1, target[:, None])[:, 0]
+    loss = smoothness * soft_part + (1.0 - smoothness) * hard_part
+    entropy = -(teacher_prob * torch.log(teacher_prob + eps)).sum(1) * valid
+    edge = boundary.to(loss.dtype)
+    weight_edge = entropy * edge
+    weight_inner = entropy * (1.0 - edge)
+    stacked = torch.stack([loss * weight_edge, weight_edge, loss * weight_inner, weight_inner, valid.to(loss.dtype)])
+    num_edge, den_edge, num_inner, den_inner, count = per_class_sums(stacked, labels, num_classes, ignore_index)
+    per_class = 0.5 * (num_edge / (den_edge + eps) + num_inner / (den_inner + eps))
+    present = (count > 0).to(loss.dtype)
+    return (per_class * present).sum() / (present.sum() + eps)
+
+
+def _distributed_mean_count(count: Tensor) -> Tensor:
+    """DETR-style normaliser: the mask count averaged over ranks (all-reduced), at least 1."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        count = count.clone()
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    return count.clamp_min(1.0)
+
+
+def dice_loss(logits: Tensor, labels: Tensor, ignore_index: int = 255, mask_ignore: bool = False) -> Tensor:
+    """Sigmoid dice over the (image, class) masks present in ``labels`` (spec §6.5).
+
+    Args:
+        logits: (B, K, H, W) at label resolution.
+        labels: (B, H, W) long.
+        mask_ignore: the reference counts ignored pixels as negatives (False, faithful); True
+            leaves them out of the prediction sum (spec Q9 fix).
+    Returns:
+        Scalar: Σ_(b,k present) [1 - (2 Σ s·t + 1) / (Σ s + Σ t + 1)] / max(1, #masks).
+    """
+    batch, num_classes = logits.shape[:2]
+    valid = labels != ignore_index
+    target = torch.where(valid, labels, 0)
+    prob = torch.sigmoid(logits)
+    prob_sum = (prob * valid[:, None]).sum((2, 3)) if mask_ignore else prob.sum((2, 3))
+    # Σ s·t: the probability of each pixel's own class, summed per (image, class).
+    own_prob = prob.gather(1, target[:, None])[:, 0] * valid
+    index = torch.where(valid, labels, num_classes).flatten(1)
+    inter = own_prob.new_zeros(batch, num_classes + 1).scatter_add_(1, index, own_prob.flatten(1))[:, :num_classes]
+    count = own_prob.new_zeros(batch, num_classes + 1).scatter_add_(1, index, valid.flatten(1).to(prob.dtype))[
+        :, :num_classes
+    ]
+    present = (count > 0).to(prob.dtype)
+    dice = 1.0 - (2.0 * inter + 1.0) / (prob_sum + count + 1.0)
+    return (dice * present).sum() / _distributed_mean_count(present.sum())
+
+
+def semantic_distillation(student: Tensor, teacher: Tensor, tau: float = 15.0, eps: float = 1e-12) -> Tensor:
+    """Relation distillation of semantic prototypes (spec §6.6; ``disLoss`` before its x10).
+
+    Args:
+        student: S_p (B, K, C).
+        teacher: Ŝ_p (K, C) or (B, K, C), already detached by the caller.
+    Returns:
+        Scalar: Σ relu((R - R̂) off the diagonal) / (B·K), where R = softmax(τ ū sg(ū)ᵀ) and
+        R̂ = softmax(τ û ûᵀ) row-wise.
+    """
+    batch, num_classes = student.shape[:2]
+    unit = student / (torch.linalg.vector_norm(student, dim=-1, keepdim=True) + eps)
+    unit_teacher = teacher / (torch.linalg.vector_norm(teacher, dim=-1, keepdim=True) + eps)
+    relation = F.softmax(tau * unit @ unit.detach().transpose(-1, -2), dim=-1)
+    relation_teacher = F.softmax(tau * unit_teacher @ unit_teacher.transpose(-1, -2), dim=-1)
+    off_diagonal = 1.0 - torch.eye(num_classes, device=student.device, dtype=student.dtype)
+    return F.relu((relation - relation_teacher) * off_diagonal).sum() / (batch * num_classes)
+
+
+def spatial_distillation(student: Tensor, teacher: Tensor) -> Tensor:
+    """Channel-softmax CE between spatial prototypes (spec §6.7; ``pos_disLoss`` before its x0.4).
+
+    Args:
+        student: P_p (B, K, C). teacher: P̂_p (B, K, C), already detached by the caller.
+    Returns:
+        Scalar mean over (B, K) of -Σ_c softmax(P̂_p) log_softmax(P_p).
+    """
+    batch, num_classes = student.shape[:2]
+    return -(F.softmax(teacher, dim=-1) * F.log_softmax(student, dim=-1)).sum() / (batch * num_classes)
