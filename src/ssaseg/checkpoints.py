@@ -130,6 +130,14 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, arch: str | None 
     state = read_state_dict(path)
     if any(k.startswith(("decode_head.", "auxiliary_head.", "module.decode_head.")) for k in state):
         state = convert_official_state_dict(state, arch)
+    load_state_dict_checked(model, state, path, strict)
+
+
+def load_state_dict_checked(
+    model: nn.Module, state: StateDict, source: str | os.PathLike, strict: bool = True
+) -> None:
+    """``model.load_state_dict(state, strict)``, but a misfit raises a ``ValueError`` that names
+    ``source`` (the file) and lists missing / unexpected / mis-shaped keys (first 20 of each)."""
     own = model.state_dict()
     shape_errors = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -139,7 +147,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, arch: str | None 
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if shape_errors or (strict and (missing or unexpected)):
-        lines = [f"checkpoint {os.fspath(path)} does not fit {type(model).__name__}:"]
+        lines = [f"checkpoint {os.fspath(source)} does not fit {type(model).__name__}:"]
         lines += [f"  shape mismatch {e}" for e in shape_errors[:20]]
         lines += [f"  missing {k}" for k in missing[:20]] + [f"  unexpected {k}" for k in unexpected[:20]]
         raise ValueError("\n".join(lines))
