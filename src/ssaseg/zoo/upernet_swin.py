@@ -1,0 +1,140 @@
+"""UperNet + Swin-T/B/L with the FCN auxiliary head (spec §6.8, §7, §10.2).
+
+Entry points ``upernet_swin_t``, ``upernet_swin_b``, ``upernet_swin_l``; the defaults are mmseg's
+``upernet_swin`` configs: window 7, drop path 0.3, UPerHead C 512 with pool scales (1,2,3,6) on
+all four stages, FCN auxiliary head on stage 2 (256 channels, CE x0.4).
+
+Published ImageNet backbone weights are listed in :data:`PRETRAINED_BACKBONES`; nothing is
+downloaded: pass the local file as ``backbone_weights`` (mmseg layout as used by the configs, or
+the Microsoft / timm layout, converted on load by :func:`~ssaseg.backbones.swin.convert_swin_official`).
+
+Official full-model SSA-Seg checkpoints have the mmseg Swin names, which are this backbone's;
+only mmseg's persistent ``relative_position_index`` buffers are dropped (key rule ``"upernet_swin"``
+for :func:`ssaseg.checkpoints.load_checkpoint`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..backbones.swin import SwinTransformer
+from ..checkpoints import StateDict, register_key_converter
+from ..decoders.uper import UPerDecoder
+from ..models import register_model
+from ..segmentor import Segmentor, build_segmentor, fcn_aux_head
+
+_MMSEG_PRETRAIN = "https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/swin/"
+
+#: ImageNet Swin weights named by the SSA configs (mmseg layout).
+PRETRAINED_BACKBONES: dict[str, dict[str, str]] = {
+    "upernet_swin_t": {"file": "swin_tiny_patch4_window7_224_20220317-1cdeb081.pth",
+                       "url": _MMSEG_PRETRAIN + "swin_tiny_patch4_window7_224_20220317-1cdeb081.pth",
+                       "source": "mmsegmentation (Microsoft Swin-T ImageNet-1k, converted)", "layout": "mmseg"},
+    "upernet_swin_b": {"file": "swin_base_patch4_window7_224_20220317-e9b98025.pth",
+                       "url": _MMSEG_PRETRAIN + "swin_base_patch4_window7_224_20220317-e9b98025.pth",
+                       "source": "mmsegmentation (Microsoft Swin-B ImageNet-1k, converted)", "layout": "mmseg"},
+    "upernet_swin_l": {"file": "swin_large_patch4_window7_224_22k_20220412-aeecf2aa.pth",
+                       "url": _MMSEG_PRETRAIN + "swin_large_patch4_window7_224_22k_20220412-aeecf2aa.pth",
+                       "source": "mmsegmentation (Microsoft Swin-L ImageNet-22k, converted)", "layout": "mmseg"},
+}
+
+_ARCHS: dict[str, dict[str, Any]] = {
+    "upernet_swin_t": dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    "upernet_swin_b": dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    "upernet_swin_l": dict(embed_dims=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
+}
+
+_DEFAULTS: dict[str, Any] = dict(
+    window_size=7,
+    mlp_ratio=4.0,
+    qkv_bias=True,
+    drop_rate=0.0,
+    attn_drop_rate=0.0,
+    drop_path_rate=0.3,
+    with_cp=False,
+    channels=512,
+    pool_scales=(1, 2, 3, 6),
+    head_norm="bn",
+    dropout=0.1,
+    aux=True,
+    aux_channels=256,
+    aux_loss_weight=0.4,
+    align_corners=False,
+    backbone_weights=None,
+)
+
+
+def _build(variant: str, num_classes: int, classifier: str, classifier_kwargs: dict | None, overrides: dict) -> Segmentor:
+    cfg = {**_DEFAULTS, **_ARCHS[variant]}
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise TypeError(f"{variant}() got unexpected arguments {unknown}; accepted: {sorted(cfg)}")
+    cfg.update(overrides)
+    backbone = SwinTransformer(
+        embed_dims=cfg["embed_dims"], depths=cfg["depths"], num_heads=cfg["num_heads"],
+        window_size=cfg["window_size"], mlp_ratio=cfg["mlp_ratio"], qkv_bias=cfg["qkv_bias"],
+        drop_rate=cfg["drop_rate"], attn_drop_rate=cfg["attn_drop_rate"], drop_path_rate=cfg["drop_path_rate"],
+        with_cp=cfg["with_cp"],
+    )
+    if cfg["backbone_weights"] is not None:
+        backbone.load_pretrained(cfg["backbone_weights"])
+    decoder = UPerDecoder(
+        backbone.out_channels, cfg["channels"], pool_scales=cfg["pool_scales"], norm=cfg["head_norm"],
+        align_corners=cfg["align_corners"],
+    )
+    aux = (
+        [fcn_aux_head(backbone.out_channels[2], num_classes, in_index=2, channels=cfg["aux_channels"],
+                      loss_weight=cfg["aux_loss_weight"])]
+        if cfg["aux"] else []
+    )
+    return build_segmentor(
+        backbone, decoder, num_classes, classifier, classifier_kwargs, aux_heads=aux,
+        dropout=cfg["dropout"], align_corners=cfg["align_corners"],
+    )
+
+
+@register_key_converter("upernet_swin")
+def _drop_mmseg_buffers(state: StateDict) -> StateDict:
+    """mmseg's Swin persists ``relative_position_index``; here it is a non-persistent buffer."""
+    return {k: v for k, v in state.items() if not k.endswith("relative_position_index")}
+
+
+_DOC = """UperNet + Swin-{size} (embed {embed}, depths {depths}, heads {heads}; window 7).
+
+    Args:
+        num_classes: K.
+        classifier: "ssa" (default) or "linear".
+        classifier_kwargs: passed to the classifier (SSA constants, loss weights).
+        **kwargs: architecture overrides (defaults: mmseg's config): embed_dims, depths,
+            num_heads, window_size (7), mlp_ratio (4), qkv_bias, drop_rate, attn_drop_rate,
+            drop_path_rate (0.3), with_cp (activation checkpointing), channels (decoder C, 512),
+            pool_scales ((1,2,3,6)), head_norm ("bn"), dropout (before the classifier, 0.1),
+            aux (FCN auxiliary head on stage 2, True), aux_channels (256), aux_loss_weight (0.4),
+            align_corners, backbone_weights (path; see PRETRAINED_BACKBONES).
+
+    Returns a :class:`~ssaseg.segmentor.Segmentor`; F is the UPerHead ``fpn_bottleneck`` output
+    (C 512) at stride 4.
+    """
+
+
+@register_model
+def upernet_swin_t(num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **kwargs) -> Segmentor:
+    return _build("upernet_swin_t", num_classes, classifier, classifier_kwargs, kwargs)
+
+
+@register_model
+def upernet_swin_b(num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **kwargs) -> Segmentor:
+    return _build("upernet_swin_b", num_classes, classifier, classifier_kwargs, kwargs)
+
+
+@register_model
+def upernet_swin_l(num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **kwargs) -> Segmentor:
+    return _build("upernet_swin_l", num_classes, classifier, classifier_kwargs, kwargs)
+
+
+for _fn in (upernet_swin_t, upernet_swin_b, upernet_swin_l):
+    _arch = _ARCHS[_fn.__name__]
+    _fn.__doc__ = _DOC.format(
+        size=_fn.__name__[-1].upper(), embed=_arch["embed_dims"], depths=",".join(map(str, _arch["depths"])),
+        heads=",".join(map(str, _arch["num_heads"])),
+    )
+del _fn, _arch
