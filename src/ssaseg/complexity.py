@@ -1,0 +1,580 @@
+"""Model complexity: parameters, GMACs in the mmcv 1.x convention, true FLOPs and latency.
+
+Three numbers are reported because they answer different questions:
+
+* :func:`mmcv_gmacs` reproduces the figure that mmseg 0.x's ``tools/get_flops.py`` prints (and
+  that the SSA-Seg paper and most mmseg-based papers report as "FLOPs"): forward hooks on an
+  exact-type table of modules, one multiply-add counted as one "FLOP". It does not see
+  ``matmul``/``bmm``/``einsum``, ``F.interpolate``, softmax, GELU/Hardswish/Sigmoid, attention
+  written with ``nn.MultiheadAttention`` or any module whose type is not in the table
+  (``nn.SyncBatchNorm`` included), so it understates attention models and the SSA classifier
+  (spec §14 Q17).
+* :func:`true_gflops` runs ``torch.utils.flop_counter.FlopCounterMode``: every matmul and
+  convolution, SSA's own included, counted as 2 FLOPs per multiply-add. Element-wise work
+  (norms, activations, softmax, interpolation) is not counted by it.
+* :func:`latency_ms`: median wall time of the whole-image test forward, batch 1.
+
+:func:`add_arguments` / :func:`run` implement ``ssaseg benchmark``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "BASELINE_FIGURES",
+    "PAPER_FIGURES",
+    "PaperFigure",
+    "ParamCount",
+    "add_arguments",
+    "benchmark_model",
+    "latency_ms",
+    "mmcv_gmacs",
+    "mmcv_macs_by_module",
+    "params",
+    "run",
+    "true_gflops",
+]
+
+# --------------------------------------------------------------------------------------------
+# mmcv 1.x counter (mmcv 1.7.2, mmcv/cnn/utils/flops_counter.py, itself derived from ptflops)
+# --------------------------------------------------------------------------------------------
+# Each rule receives (module, first positional input, output) for batch B and returns the MACs
+# mmcv adds to ``module.__flops__`` for that call. mmcv divides the grand total by the batch
+# size seen by the root module, so every rule below is "per call, whole batch".
+
+
+def _conv_macs(m: nn.Module, x: Tensor, out: Tensor) -> int:
+    # k·Cin·(Cout // groups) per output position, times B·prod(out spatial); plus one add per
+    # output element when the conv has a bias.
+    positions = x.shape[0] * math.prod(out.shape[2:])
+    macs = math.prod(m.kernel_size) * m.in_channels * (m.out_channels // m.groups) * positions
+    if m.bias is not None:
+        macs += m.out_channels * positions
+    return macs
+
+
+def _deconv_macs(m: nn.Module, x: Tensor, out: Tensor) -> int:
+    # Transposed conv is counted per INPUT position; the bias per output element. (mmcv
+    # versions multiplied the output height by itself here; 1.7.2 uses H·W.)
+    kh, kw = m.kernel_size
+    macs = kh * kw * m.in_channels * (m.out_channels // m.groups) * x.shape[0] * x.shape[2] * x.shape[3]
+    if m.bias is not None:
+        macs += m.out_channels * x.shape[0] * out.shape[2] * out.shape[3]
+    return macs
+
+
+def _linear_macs(m: nn.Module, x: Tensor, out: Tensor) -> int:
+    # numel(input) · out_features: the bias is not counted.
+    return x.numel() * out.shape[-1]
+
+
+def _norm_macs(m: nn.Module, x: Tensor, out: Tensor) -> int:
+    # numel(input), doubled when the norm has an affine transform (``affine`` for BN/GN/IN,
+    # ``elementwise_affine`` for LayerNorm).
+    affine = getattr(m, "affine", False) or getattr(m, "elementwise_affine", False)
+    return x.numel() * (2 if affine else 1)
+
+
+def _act_macs(m: nn.Module, x: Tensor, out: Tensor) -> int:
+    return out.numel()
+
+
+def _pool_macs(m: nn.Module, x: Tensor, out: Tensor) -> int:
+    return x.numel()
+
+
+def _upsample_macs(m: nn.Module, x: Tensor, out: Tensor) -> int:
+    # mmcv takes ``output[0]``, the first image of the batch: numel(output) / B.
+    return out[0].numel()
+
+
+_MMCV_RULES: dict[type, Callable[[nn.Module, Tensor, Tensor], int]] = {
+    nn.Conv1d: _conv_macs,
+    nn.Conv2d: _conv_macs,
+    nn.Conv3d: _conv_macs,
+    nn.ConvTranspose2d: _deconv_macs,
+    nn.Linear: _linear_macs,
+    nn.BatchNorm1d: _norm_macs,
+    nn.BatchNorm2d: _norm_macs,
+    nn.BatchNorm3d: _norm_macs,
+    nn.GroupNorm: _norm_macs,
+    nn.InstanceNorm1d: _norm_macs,
+    nn.InstanceNorm2d: _norm_macs,
+    nn.InstanceNorm3d: _norm_macs,
+    nn.LayerNorm: _norm_macs,
+    nn.ReLU: _act_macs,
+    nn.PReLU: _act_macs,
+    nn.ELU: _act_macs,
+    nn.LeakyReLU: _act_macs,
+    nn.ReLU6: _act_macs,
+    nn.MaxPool1d: _pool_macs,
+    nn.MaxPool2d: _pool_macs,
+    nn.MaxPool3d: _pool_macs,
+    nn.AvgPool1d: _pool_macs,
+    nn.AvgPool2d: _pool_macs,
+    nn.AvgPool3d: _pool_macs,
+    nn.AdaptiveMaxPool1d: _pool_macs,
+    nn.AdaptiveMaxPool2d: _pool_macs,
+    nn.AdaptiveMaxPool3d: _pool_macs,
+    nn.AdaptiveAvgPool1d: _pool_macs,
+    nn.AdaptiveAvgPool2d: _pool_macs,
+    nn.AdaptiveAvgPool3d: _pool_macs,
+    nn.Upsample: _upsample_macs,
+}
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> Tensor | None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Tensor):
+            return value
+    return None
+
+
+class _EvalMode:
+    """Context: every module in eval mode, then each module's own ``training`` flag restored."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.flags: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> nn.Module:
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        for module, flag in self.flags:
+            module.training = flag
+
+
+def _dummy_input(model: nn.Module, input_shape: Sequence[int]) -> Tensor:
+    if len(input_shape) != 4 or input_shape[1] != 3:
+        raise ValueError(f"input_shape must be (B, 3, H, W), got {tuple(input_shape)}")
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    # Deterministic content: data-dependent paths (if any) take the same branch every run.
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(tuple(input_shape), generator=generator).to(device=device, dtype=dtype)
+
+
+def mmcv_macs_by_module(
+    model: nn.Module,
+    input_shape: Sequence[int] = (1, 3, 512, 512),
+    skip_types: Iterable[type] = (),
+) -> dict[str, float]:
+    """Per-module MACs under mmcv 1.x's rules (see :func:`mmcv_gmacs`), summed over calls.
+
+    Returns ``{qualified module name: MACs per image}`` for every counted module that ran
+    (``""`` is the root). Useful to find which module makes a total differ from a reference.
+    """
+    skip = tuple(skip_types)
+    counts: dict[str, int] = {}
+    handles = []
+
+    def make_hook(name: str, rule: Callable[[nn.Module, Tensor, Tensor], int]):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output) -> None:
+            x = _first_tensor(args, kwargs)
+            out = output if isinstance(output, Tensor) else _first_tensor(tuple(output), {})
+            if x is None or out is None:
+                raise TypeError(f"mmcv counter: module {name or type(module).__name__} got no tensor input/output")
+            # ``+=``: a module called several times (shared weights) is counted at every call.
+            counts[name] = counts.get(name, 0) + int(rule(module, x, out))
+
+        return hook
+
+    # mmcv hooks EVERY module whose exact type is in the table (module.apply, not leaves only),
+    # so a counted module nested in another counted module would be counted in both; subclasses
+    # (e.g. MultiheadAttention's NonDynamicallyQuantizableLinear, SyncBatchNorm) are not counted.
+    for name, module in model.named_modules():
+        rule = _MMCV_RULES.get(type(module))
+        if rule is not None and not isinstance(module, skip):
+            handles.append(module.register_forward_hook(make_hook(name, rule), with_kwargs=True))
+    try:
+        with _EvalMode(model), torch.inference_mode():
+            x = _dummy_input(model, input_shape)
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    # mmcv reports the average per image: the grand total over the batch seen by the root.
+    return {name: macs / input_shape[0] for name, macs in counts.items()}
+
+
+def mmcv_gmacs(
+    model: nn.Module,
+    input_shape: Sequence[int] = (1, 3, 512, 512),
+    skip_types: Iterable[type] = (),
+) -> float:
+    """GMACs of one forward of ``model`` on a ``input_shape`` tensor, counted as mmcv 1.x does.
+
+    This is the number mmseg 0.x's ``tools/get_flops.py`` prints as "GFLOPs" (mmcv:
+    "a multiply-add counts as one FLOP"). The model runs once in eval mode under
+    ``torch.inference_mode`` (its modules' ``training`` flags are restored and all hooks are
+    removed afterwards); for a :class:`~ssaseg.segmentor.Segmentor` the eval forward is
+    mmseg's ``forward_dummy``: backbone, decode head test path, classifier student path, resize.
+    Unexecuted modules (teacher, auxiliary heads) contribute nothing, so deploying first does
+    not change the figure.
+
+    Rules, per call, for a module whose ``type()`` is exactly one of these (subclasses are NOT
+    counted), with B the batch and input/output the first tensor in/out:
+
+    * ``Conv1d/2d/3d``: ``prod(kernel) · Cin · (Cout // groups) · B · prod(out spatial)``,
+      plus ``Cout · B · prod(out spatial)`` when it has a bias.
+    * ``ConvTranspose2d``: ``kh · kw · Cin · (Cout // groups) · B · Hin · Win``, plus
+      ``Cout · B · Hout · Wout`` when it has a bias.
+    * ``Linear``: ``numel(input) · out_features``; the bias is not counted.
+    * ``BatchNorm1d/2d/3d``, ``GroupNorm``, ``InstanceNorm1d/2d/3d``, ``LayerNorm``:
+      ``numel(input)``, times 2 when affine (``affine`` / ``elementwise_affine``).
+    * ``ReLU``, ``PReLU``, ``ELU``, ``LeakyReLU``, ``ReLU6``: ``numel(output)``.
+    * ``Max/AvgPool1d/2d/3d``, ``AdaptiveMax/AvgPool1d/2d/3d``: ``numel(input)``.
+    * ``Upsample``: ``numel(output[0])`` (first image of the batch).
+
+    The total is divided by B. Everything else costs 0: ``nn.MultiheadAttention`` (its
+    ``out_proj`` is a ``NonDynamicallyQuantizableLinear``), ``matmul``/``bmm``/``einsum``,
+    ``F.interpolate``, softmax, GELU/Hardswish/Sigmoid/SiLU, ``nn.SyncBatchNorm``,
+    ``nn.Embedding``, ``nn.Identity``/``Dropout``. A module called twice is counted twice.
+
+    Args:
+        model: any ``nn.Module`` taking one image tensor.
+        input_shape: ``(B, 3, H, W)``; mmseg papers use ``(1, 3, 512, 512)``.
+        skip_types: extra module types to leave uncounted, e.g. ``(nn.BatchNorm2d,)`` to
+            mimic a reference config that built those norms as SyncBN (mmseg's get_flops does
+            not revert SyncBN, so those norms are absent from published figures).
+
+    Returns:
+        MACs / 1e9.
+    """
+    return sum(mmcv_macs_by_module(model, input_shape, skip_types).values()) / 1e9
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters, true FLOPs, latency
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParamCount:
+    """``train``: every parameter of the model as built; ``inference``: after ``deploy()``."""
+
+    train: int
+    inference: int
+
+
+def params(model: nn.Module) -> ParamCount:
+    """Parameter counts of ``model`` for training and for inference (after ``deploy()``).
+
+    ``deploy()`` runs on a structural copy whose tensors live on the ``meta`` device, so the
+    caller's model is untouched and no weight memory is duplicated. A model without
+    ``deploy()`` has ``inference == train``. Both counts include frozen parameters (mmcv counts
+    only ``requires_grad`` ones; every ssaseg model is fully trainable, so they agree).
+    """
+    train = sum(p.numel() for p in model.parameters())
+    if not hasattr(model, "deploy"):
+        return ParamCount(train, train)
+    memo: dict[int, object] = {}
+    for tensor in (*model.parameters(), *model.buffers()):
+        meta = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+    skeleton = copy.deepcopy(model, memo)
+    skeleton.deploy()
+    return ParamCount(train, sum(p.numel() for p in skeleton.parameters()))
+
+
+def true_gflops(model: nn.Module, input_shape: Sequence[int] = (1, 3, 512, 512)) -> float:
+    """GFLOPs (2 per multiply-add) of one eval forward, from ``torch.utils.flop_counter``.
+
+    Counts every matmul/bmm/convolution/attention kernel dispatched by the forward, including
+    SSA's gathers and cosine classifier; element-wise work is not counted. Batch-1 figure:
+    the total is divided by ``input_shape[0]``.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with _EvalMode(model), torch.inference_mode():
+        x = _dummy_input(model, input_shape)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(x)
+    return counter.get_total_flops() / input_shape[0] / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def latency_ms(
+    model: nn.Module,
+    input_shape: Sequence[int] = (1, 3, 512, 512),
+    runs: int = 20,
+    warmup: int = 5,
+) -> float:
+    """Median wall time (ms) of ``model(x).argmax(1)`` on the model's device.
+
+    Whole-image test forward (backbone, decoder, classifier, resize to the input size) plus
+    the argmax, as in mmseg's benchmark loop, without data loading or host copies; CUDA is
+    synchronised around each run. ``warmup`` runs are discarded. ``cudnn.benchmark`` is left as
+    the caller set it (mmseg's benchmark sets it False).
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    times: list[float] = []
+    with _EvalMode(model), torch.inference_mode():
+        x = _dummy_input(model, input_shape)
+        device = x.device
+        for i in range(warmup + runs):
+            _sync(device)
+            start = time.perf_counter()
+            model(x).argmax(1)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+# --------------------------------------------------------------------------------------------
+# Published figures (ADE20K, 512x512)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PaperFigure:
+    """Published complexity of one model: params (M), "FLOPs" (G, mmcv MACs), latency (ms)."""
+
+    params_m: float
+    gflops: float
+    latency_ms: float | None = None
+    source: str = "SSA-Seg README, ADE20K 512x512 (+SSA)"
+
+
+#: The SSA-Seg README's +SSA rows (spec §15.1). Latency: mmseg benchmark, GPU unstated.
+PAPER_FIGURES: dict[str, PaperFigure] = {
+    "ocrnet_hrnet_w48": PaperFigure(8.7, 165.0, 69.3),
+    "upernet_swin_t": PaperFigure(61.1, 236.3, 54.3),
+    "segformer_b5": PaperFigure(82.3, 52.6, 70.1),
+    "upernet_swin_l": PaperFigure(234.9, 405.2, 107.3),
+    "upernet_vit_adapter_l": PaperFigure(364.9, 616.3, 284.9),
+    "afformer_b": PaperFigure(3.3, 4.4, 26.0),
+    "seaformer_b": PaperFigure(8.8, 1.8, 27.3),
+    "segnext_t": PaperFigure(4.6, 6.3, 23.3),
+    "seaformer_l": PaperFigure(14.2, 6.4, 29.9),
+    "cgrseg_b": PaperFigure(19.3, 7.6, 36.0),
+    "cgrseg_l": PaperFigure(35.8, 14.8, 42.6),
+}
+
+#: Linear-classifier baselines with a trusted mmcv-1.x figure at 512x512 (ecosystem notes §E:
+#: mmcv 1.7.2 on faithful re-implementations of the mmseg configs, SyncBN norms uncounted).
+BASELINE_FIGURES: dict[str, PaperFigure] = {
+    "segformer_b5": PaperFigure(82.01, 52.45, None, "mmcv 1.7.2 get_flops, mmseg config"),
+    "segnext_t": PaperFigure(4.26, 6.20, None, "mmcv 1.7.2 get_flops, mmseg config"),
+}
+
+#: Registry names the paper table covers, plus baselines-only models, in README order.
+ZOO_ORDER: tuple[str, ...] = (*PAPER_FIGURES, "fcn_r101_d8")
+
+
+def reference_figure(name: str, classifier: str) -> PaperFigure | None:
+    """The published figure to compare an ssaseg model against, if any."""
+    table = PAPER_FIGURES if classifier == "ssa" else BASELINE_FIGURES
+    return table.get(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmark driver and CLI
+# --------------------------------------------------------------------------------------------
+@dataclass
+class BenchmarkRow:
+    model: str
+    classifier: str
+    params_train: int | None = None
+    params_inference: int | None = None
+    gmacs: float | None = None
+    true_gflops: float | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+
+
+def benchmark_model(
+    name: str,
+    classifier: str = "ssa",
+    num_classes: int = 150,
+    size: int = 512,
+    runs: int = 10,
+    latency: bool = True,
+    device: torch.device | str | None = None,
+) -> BenchmarkRow:
+    """Build ``name`` with ``classifier``, deploy it and measure every complexity figure."""
+    from .models import create_model
+
+    dev = torch.device(device) if device is not None else _default_device()
+    row = BenchmarkRow(name, classifier)
+    model = create_model(name, num_classes=num_classes, classifier=classifier)
+    counts = params(model)
+    row.params_train, row.params_inference = counts.train, counts.inference
+    model.deploy()
+    model.to(dev)
+    shape = (1, 3, size, size)
+    row.gmacs = mmcv_gmacs(model, shape)
+    row.true_gflops = true_gflops(model, shape)
+    if latency:
+        row.latency_ms = latency_ms(model, shape, runs=runs, warmup=min(5, runs))
+    return row
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_label(device: torch.device | str | None = None) -> str:
+    """A short name of the machine latency was measured on (GPU name, or CPU model)."""
+    dev = torch.device(device) if device is not None else _default_device()
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+
+
+def _pct(ours: float | None, ref: float | None) -> str:
+    if ours is None or ref is None or ref == 0:
+        return "–"
+    return f"{100.0 * (ours - ref) / ref:+.1f}%"
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def format_rows(rows: list[BenchmarkRow], compare: bool, fmt: str, device: str) -> str:
+    """Render benchmark rows as a markdown table (``"md"``) or an aligned text table."""
+    header = [
+        "model",
+        "classifier",
+        "params train (M)",
+        "params inference (M)",
+        "GMACs (mmcv)",
+        "true GFLOPs",
+        f"latency ms ({device})",
+    ]
+    if compare:
+        header += ["paper params (M)", "Δ params", "paper GFLOPs", "Δ GMACs", "paper latency ms"]
+    body = []
+    for r in rows:
+        if r.error is not None:
+            cells = [r.model, r.classifier, f"error: {r.error}"] + [""] * (len(header) - 3)
+            body.append(cells)
+            continue
+        p_inf = None if r.params_inference is None else r.params_inference / 1e6
+        cells = [
+            r.model,
+            r.classifier,
+            _num(None if r.params_train is None else r.params_train / 1e6, ".2f"),
+            _num(p_inf, ".2f"),
+            _num(r.gmacs, ".2f"),
+            _num(r.true_gflops, ".2f"),
+            _num(r.latency_ms, ".1f"),
+        ]
+        if compare:
+            ref = reference_figure(r.model, r.classifier)
+            cells += [
+                _num(ref and ref.params_m, ".2f"),
+                _pct(p_inf, ref and ref.params_m),
+                _num(ref and ref.gflops, ".2f"),
+                _pct(r.gmacs, ref and ref.gflops),
+                _num(ref and ref.latency_ms, ".1f"),
+            ]
+        body.append(cells)
+    if fmt == "md":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``ssaseg benchmark``."""
+    parser.add_argument("model", nargs="?", help="registry name (see ssaseg.list_models()); omit with --all")
+    parser.add_argument("--all", action="store_true", help="every registered model of the paper's table, with the published figures")
+    parser.add_argument("--num-classes", type=int, default=150, help="K (150 = ADE20K)")
+    parser.add_argument("--size", type=int, default=512, help="square input size (a multiple of 32)")
+    parser.add_argument("--classifier", choices=("ssa", "linear", "both"), default="ssa")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs for the latency median")
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--format", choices=("md", "table"), default="table")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """``ssaseg benchmark``: print the complexity table; exit code 1 if a model failed."""
+    from .models import list_models
+
+    if args.size <= 0 or args.size % 32:
+        print(f"error: --size must be a positive multiple of 32, got {args.size}", file=sys.stderr)
+        return 2
+    if args.runs < 1:
+        print(f"error: --runs must be >= 1, got {args.runs}", file=sys.stderr)
+        return 2
+    available = list_models()
+    if args.all:
+        if args.model:
+            print("error: give either MODEL or --all, not both", file=sys.stderr)
+            return 2
+        names = [n for n in ZOO_ORDER if n in available] + [n for n in available if n not in ZOO_ORDER]
+        missing = [n for n in ZOO_ORDER if n not in available]
+        if missing:
+            print(f"note: not registered (skipped): {', '.join(missing)}", file=sys.stderr)
+    elif args.model:
+        if args.model not in available:
+            import difflib
+
+            close = difflib.get_close_matches(args.model, available, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            print(f"error: unknown model {args.model!r}{hint} (registered: {', '.join(available) or 'none'})", file=sys.stderr)
+            return 2
+        names = [args.model]
+    else:
+        print("error: give a MODEL name or --all", file=sys.stderr)
+        return 2
+    try:
+        device = torch.device(args.device) if args.device else _default_device()
+    except RuntimeError as exc:
+        print(f"error: bad --device {args.device!r}: {exc}", file=sys.stderr)
+        return 2
+    classifiers = ("ssa", "linear") if args.classifier == "both" else (args.classifier,)
+    rows: list[BenchmarkRow] = []
+    for name in names:
+        for kind in classifiers:
+            try:
+                rows.append(
+                    benchmark_model(name, kind, args.num_classes, args.size, args.runs, not args.no_latency, device)
+                )
+            except Exception as exc:  # one broken model must not hide the others' figures
+                rows.append(BenchmarkRow(name, kind, error=f"{type(exc).__name__}: {exc}"))
+    label = "not measured" if args.no_latency else device_label(device)
+    print(format_rows(rows, compare=args.all, fmt=args.format, device=label))
+    if args.all or args.size != 512 or args.num_classes != 150:
+        print(
+            f"\nGMACs: mmcv 1.x convention (multiply-add = 1, modules only) at {args.size}x{args.size}, "
+            f"K={args.num_classes}; true GFLOPs: torch.utils.flop_counter (2 per MAC, matmuls included). "
+            "Paper figures: ADE20K (K=150), 512x512."
+        )
+    return 1 if any(r.error for r in rows) else 0
