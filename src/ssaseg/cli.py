@@ -1,0 +1,190 @@
+"""``ssaseg`` command line: train, test, predict, demo, prepare, benchmark.
+
+User errors (missing files, unknown config keys, checkpoints that do not fit, unreadable data)
+are printed as one paragraph without a traceback and exit with code 2 (set ``SSASEG_DEBUG=1``
+to get the traceback instead).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+__all__ = ["main", "run", "build_parser"]
+
+EXIT_USAGE = 2
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (value parsed as YAML), e.g. --set optimizer.lr=1e-4; repeatable",
+    )
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine import train
+
+    overrides = list(args.overrides)
+    if args.work_dir:
+        overrides.append(f"train.work_dir={args.work_dir}")
+    cfg = load_config(args.config, overrides)
+    result = train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
+    if result.metrics is not None and _is_main():
+        from .engine.logger import format_metrics_table
+
+        print(format_metrics_table(result.metrics))
+    if _is_main():
+        print(f"checkpoint: {result.checkpoint}  ({result.iterations} iterations, {result.its_per_sec:.2f} it/s)")
+    return 0
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine import test
+    from .engine.logger import format_metrics_table
+
+    overrides = list(args.overrides)
+    if args.work_dir:
+        overrides.append(f"train.work_dir={args.work_dir}")
+    cfg = load_config(args.config, overrides)
+    metrics = test(cfg, args.checkpoint, aug_test=args.aug_test, device=args.device, progress=not args.no_progress)
+    if _is_main():
+        print(format_metrics_table(metrics))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine.predict import predict_files
+
+    cfg = load_config(args.config, args.overrides) if args.config else None
+    if args.overrides and cfg is None:
+        raise ValueError("--set needs --config for predict (the stored config is used as is)")
+    written = predict_files(args.checkpoint, args.inputs, args.out, cfg=cfg, opacity=args.opacity, device=args.device)
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .engine.demo import run_demo
+
+    run_demo(out_dir=args.out, iters=args.iters, device=args.device)
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .data import prepare
+
+    return int(prepare.run(args) or 0)
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from . import complexity
+
+    return int(complexity.run(args) or 0)
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssaseg", description="SSA-Seg semantic segmentation in PyTorch")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a YAML config (also under torchrun)")
+    p.add_argument("config", help="experiment YAML (configs/SCHEMA.md)")
+    _add_set(p)
+    p.add_argument("--resume", metavar="PATH|auto", help="continue a run from a checkpoint, or the latest in the work dir")
+    p.add_argument("--work-dir", help="run directory (default: train.work_dir or runs/<config stem>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_device(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("test", help="evaluate a checkpoint on the config's validation split")
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    _add_set(p)
+    p.add_argument("--aug-test", action="store_true", help="multi-scale (0.5..1.75) + flip test-time augmentation")
+    p.add_argument("--work-dir", help="where the eval JSON goes (default: train.work_dir)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_device(p)
+    p.set_defaults(func=_cmd_test)
+
+    p = sub.add_parser("predict", help="write colourised masks and overlays for images")
+    p.add_argument("checkpoint", help="a checkpoint written by `ssaseg train` (it carries its config)")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--config", help="use this config instead of the one stored in the checkpoint")
+    _add_set(p)
+    p.add_argument("--opacity", type=float, default=0.5, help="mask opacity of the overlay (default 0.5)")
+    _add_device(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="train linear vs SSA on the synthetic demo dataset and report")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--iters", type=int, default=None, help="override the training iterations of both runs")
+    _add_device(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("prepare", help="convert / check a dataset (see ssaseg prepare -h)")
+    try:
+        from .data import prepare as _prepare
+
+        _prepare.add_arguments(p)
+    except ImportError:  # the data preparation module is optional at parser-build time
+        p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("benchmark", help="parameters, FLOPs and latency of a model")
+    try:
+        from . import complexity as _complexity
+
+        _complexity.add_arguments(p)
+    except ImportError:
+        p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_benchmark)
+    return parser
+
+
+def _user_error_message(err: BaseException) -> str:
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    # Exceptions re-raised from DataLoader workers carry the worker traceback; keep its last line.
+    if "Original Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        text = lines[-1].split(": ", 1)[-1] if lines else text
+    return text
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the exit code (2 for user errors)."""
+    from .config import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError) as err:
+        if os.environ.get("SSASEG_DEBUG"):
+            raise
+        print(f"ssaseg {args.command}: error: {_user_error_message(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (``ssaseg``, ``python -m ssaseg``): exits with :func:`run`'s code."""
+    sys.exit(run(argv))
