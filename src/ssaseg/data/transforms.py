@@ -257,6 +257,8 @@ class TestPipeline:
     there). Deterministic.
     """
 
+    __test__ = False  # not a pytest test class despite the name
+
     scale: tuple[int, int] = (2048, 512)
     resize_to_multiple: int | None = 32
     mean: tuple[float, float, float] = IMAGENET_MEAN
