@@ -1,15 +1,17 @@
 """Segmentation datasets in mmseg's prepared layouts, plus a generic folder layout.
 
-=====================  ==========================================  ==========================================  ===================
-dataset (``data.dataset``)  images                                  labels                                      reduce_zero_label
-=====================  ==========================================  ==========================================  ===================
-``ade20k``, ``demo``   ``images/{split}/**/*.jpg``                 ``annotations/{split}/**/<stem>.png``       ade20k yes, demo no
-``coco_stuff10k``      ``images/{split}/**/*.jpg``                 ``annotations/{split}/**/<stem>_labelTrainIds.png``  yes
-``pascal_context59``   ``JPEGImages/<id>.jpg``, ids from           ``SegmentationClassContext/<id>.png``       yes
-``pascal_context60``   ``ImageSets/SegmentationContext/{split}.txt``  (same files)                              no
-``folder``             ``images/{split}/**/*.{jpg,jpeg,png,bmp,    ``labels/{split}/**/<stem>.png`` (or        no
-                       tif,tiff,webp}``                            ``annotations/{split}``)
-=====================  ==========================================  ==========================================  ===================
+Layouts (``data.dataset``: images | labels | reduce_zero_label default):
+
+* ``ade20k``: ``images/{split}/**/*.jpg`` | ``annotations/{split}/**/<stem>.png`` | yes
+* ``demo``: same layout as ade20k (built by :mod:`ssaseg.data.demo`) | ids 0..13 | no
+* ``coco_stuff10k``: ``images/{split}/**/*.jpg`` |
+  ``annotations/{split}/**/<stem>_labelTrainIds.png`` | yes
+* ``pascal_context59`` / ``pascal_context60``: ``JPEGImages/<id>.jpg`` for the ids listed in
+  ``ImageSets/SegmentationContext/{split}.txt`` | ``SegmentationClassContext/<id>.png``
+  (0 = background, 1..59) | yes (59 classes) / no (60 classes, background = class 0)
+* ``folder``: ``images/{split}/**/*.{jpg,jpeg,png,bmp,tif,tiff,webp}`` |
+  ``labels/{split}/**/<stem>.png`` (or ``annotations/{split}``) | no; class names from the
+  file ``data.classes`` (one per line), palette as mmseg makes one for custom classes.
 
 Split names: ade20k/demo ``training``/``validation``, coco_stuff10k ``train2014``/``test2014``,
 pascal_context ``train``/``val``. The other spellings of the same split (``train``,
@@ -70,7 +72,9 @@ def read_class_file(path: str | os.PathLike) -> list[str]:
     if not names:
         raise DataError(f"class-names file {path} lists no classes")
     if len(names) > 255:
-        raise DataError(f"class-names file {path} lists {len(names)} classes; at most 255 fit uint8 labels with 255 = ignore")
+        raise DataError(
+            f"class-names file {path} lists {len(names)} classes; at most 255 fit uint8 labels with 255 = ignore"
+        )
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DataError(f"class-names file {path} repeats {dupes}")
@@ -126,7 +130,14 @@ def _resolve_split(parent: Path, split: str, exists: Callable[[Path, str], bool]
     return split  # caller raises with the literal name
 
 
-def _dir_split_pairs(root: Path, split: str, image_dir: str, label_dirs: Sequence[str], label_suffix: str, image_suffixes: Sequence[str]) -> list[Pair]:
+def _dir_split_pairs(
+    root: Path,
+    split: str,
+    image_dir: str,
+    label_dirs: Sequence[str],
+    label_suffix: str,
+    image_suffixes: Sequence[str],
+) -> list[Pair]:
     _require_dir(root, "dataset root")
     _require_dir(root / image_dir, "image")
     split = _resolve_split(root / image_dir, split, lambda p, s: (p / s).is_dir())
@@ -162,7 +173,8 @@ def _pascal_context_pairs(root: Path, split: str) -> list[Pair]:
     split = _resolve_split(sets, split, lambda p, s: (p / f"{s}.txt").is_file())
     split_file = sets / f"{split}.txt"
     if not split_file.is_file():
-        raise FileNotFoundError(f"split file not found: {split_file} (available: {sorted(p.stem for p in sets.glob('*.txt'))})")
+        available = sorted(p.stem for p in sets.glob("*.txt"))
+        raise FileNotFoundError(f"split file not found: {split_file} (available: {available})")
     _require_dir(root / "JPEGImages", "image")
     _require_dir(root / "SegmentationClassContext", "label")
     ids = [ln.strip() for ln in split_file.read_text().splitlines() if ln.strip()]
@@ -286,7 +298,13 @@ class SegDataset(Dataset):
         ori_size = (int(image.shape[0]), int(image.shape[1]))
         tensor, target = self.pipeline(image, label, rng)
         img_path, lab_path = self.pairs[index]
-        return {"image": tensor, "label": target, "path": str(img_path), "label_path": str(lab_path), "ori_size": ori_size}
+        return {
+            "image": tensor,
+            "label": target,
+            "path": str(img_path),
+            "label_path": str(lab_path),
+            "ori_size": ori_size,
+        }
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.get(index)

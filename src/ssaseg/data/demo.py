@@ -31,7 +31,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["DEMO_CLASSES", "DEMO_PALETTE", "DEMO_VERSION", "ensure_demo_dataset", "build_demo_dataset", "default_cache_dir"]
+__all__ = [
+    "DEMO_CLASSES",
+    "DEMO_PALETTE",
+    "DEMO_VERSION",
+    "build_demo_dataset",
+    "default_cache_dir",
+    "ensure_demo_dataset",
+]
 
 DEMO_VERSION = 1
 DEMO_CLASSES: tuple[str, ...] = ("background", "brick", "grass", "gravel") + tuple(f"digit {d}" for d in range(10))

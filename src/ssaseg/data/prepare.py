@@ -154,7 +154,9 @@ def _coco_job(job: tuple[Path, Path, Path, Path], image_mode: str) -> None:
     _place_image(img_src, img_dst, image_mode)
 
 
-def convert_coco_stuff10k(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, workers: int = 0, image_mode: str = "copy") -> dict[str, int]:
+def convert_coco_stuff10k(
+    raw_dir: str | os.PathLike, out_dir: str | os.PathLike, workers: int = 0, image_mode: str = "copy"
+) -> dict[str, int]:
     """Convert the official COCO-Stuff-10K v1.1 tree; returns ``{split dir: image count}``."""
     raw, out = Path(raw_dir), Path(out_dir)
     if not raw.is_dir():
@@ -217,7 +219,10 @@ def convert_pascal_context(
     if labels59.is_file():
         ids = sorted(_read_id_names(labels59))
         if tuple(ids) != meta.PASCAL_CONTEXT59_IDS:
-            raise DataError(f"{labels59} lists ids {ids}, which differ from the standard 59-class table {list(meta.PASCAL_CONTEXT59_IDS)}")
+            raise DataError(
+                f"{labels59} lists ids {ids}, which differ from the standard 59-class table "
+                f"{list(meta.PASCAL_CONTEXT59_IDS)}"
+            )
     available = {p.stem: p for p in mat_dir.glob("*.mat")}
     if not available:
         raise DataError(f"no .mat label files found in {mat_dir}")
@@ -232,11 +237,12 @@ def convert_pascal_context(
         voc_ids = _read_list(voc / "ImageSets" / "Main" / f"{split}.txt")
         ids = sorted(i for i in voc_ids if i in available)
         if not ids:
-            raise DataError(f"none of the {len(voc_ids)} ids of {voc / 'ImageSets/Main' / f'{split}.txt'} has a .mat file in {mat_dir}")
+            list_file = voc / "ImageSets" / "Main" / f"{split}.txt"
+            raise DataError(f"none of the {len(voc_ids)} ids of {list_file} has a .mat file in {mat_dir}")
         imgs = [voc / "JPEGImages" / f"{i}.jpg" for i in ids]
         _require(imgs, f"VOC2010 images for PASCAL-Context {split} are")
         jobs = [
-            (available[i], seg_dir / f"{i}.png", img if copy_images else None, out / "JPEGImages" / f"{i}.jpg" if copy_images else None)
+            (available[i], seg_dir / f"{i}.png", *((img, out / "JPEGImages" / f"{i}.jpg") if copy_images else (None, None)))
             for i, img in zip(ids, imgs)
         ]
         _run_jobs(partial(_pc_job, image_mode=image_mode), jobs, workers, f"pascal_context {split}")
@@ -258,9 +264,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=CONVERTERS, help="which official download RAW_DIR holds")
     parser.add_argument("raw_dir", help="extracted official download (see `ssaseg prepare -h`)")
     parser.add_argument("out_dir", help="output root in mmseg's layout (data.root of the config)")
-    parser.add_argument("--voc-dir", default=None, help="pascal_context: VOC2010 folder with JPEGImages and ImageSets/Main (default: OUT_DIR)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="worker processes (0 = in-process)")
-    parser.add_argument("--images", choices=("copy", "hardlink", "symlink"), default="copy", help="how images are placed in OUT_DIR")
+    parser.add_argument(
+        "--voc-dir", default=None,
+        help="pascal_context: VOC2010 folder with JPEGImages and ImageSets/Main (default: OUT_DIR)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="worker processes (0 = in-process)"
+    )
+    parser.add_argument(
+        "--images", choices=("copy", "hardlink", "symlink"), default="copy", help="how images are placed in OUT_DIR"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
