@@ -100,8 +100,14 @@ def convert_official_state_dict(state_dict: StateDict, arch: str | None = None) 
     return out
 
 
-def read_state_dict(path: str | os.PathLike) -> StateDict:
-    """Read a ``.pth``/``.pt`` (weights only) or ``.safetensors`` file into a flat state dict."""
+def read_state_dict(
+    path: str | os.PathLike, wrappers: tuple[str, ...] = ("state_dict", "model", "state_dict_ema")
+) -> StateDict:
+    """Read a ``.pth``/``.pt`` (weights only) or ``.safetensors`` file into a flat state dict.
+
+    ``wrappers``: keys of nested state dicts, tried in order (SeaFormer's loader puts
+    ``state_dict_ema`` first, as the original does).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -115,7 +121,7 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
         raise ValueError(f"cannot read checkpoint {path}: {err}") from err
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state dict")
-    for wrapper in ("state_dict", "model", "state_dict_ema"):
+    for wrapper in wrappers:
         if wrapper in obj and isinstance(obj[wrapper], dict):
             return obj[wrapper]
     return obj
