@@ -272,8 +272,11 @@ def dice_loss(logits_up: Tensor, y: Tensor, ignore_index: int) -> Tensor:
     total = logits_up.new_zeros(())
     num_masks = 0
     for b in range(y.shape[0]):
-        for k in sorted({int(v) for v in torch.unique(y[b])} - {ignore_index}):
-            s = torch.sigmoid(logits_up[b, k])
+        present = sorted({int(v) for v in torch.unique(y[b])} - {ignore_index})
+        # one gather per image: selecting each (b, k) map of the full tensor separately would
+        # make autograd fill a full-size zero gradient per mask
+        probs = torch.sigmoid(logits_up[b, present])  # (len(present), H, W)
+        for s, k in zip(probs, present):
             target = (y[b] == k).to(logits_up.dtype)
             total = total + 1 - (2 * (s * target).sum() + 1) / (s.sum() + target.sum() + 1)
             num_masks += 1
@@ -362,3 +365,34 @@ def reference_forward(
         "kd_spatial": spatial_distill(student["P_p"], teacher["P_hat_p"]),
     }
     return O, {key: weights[key] * value for key, value in raw.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# test inputs shared by the SSA test files
+# --------------------------------------------------------------------------------------------
+def voronoi_labels(
+    batch: int,
+    size: tuple[int, int],
+    classes: list[list[int]],
+    generator: torch.Generator,
+    ignore_rects: int = 1,
+    ignore_index: int = 255,
+) -> Tensor:
+    """Random label maps (B, H, W) long: Voronoi cells labelled with ``classes[b]`` (a class may
+    own several cells), plus ``ignore_rects`` random rectangles of ``ignore_index`` per image."""
+    H, W = size
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    maps = []
+    for b in range(batch):
+        values = torch.tensor(classes[b])
+        cells = 2 * len(values)
+        seeds = torch.rand(cells, 2, generator=generator) * torch.tensor([H, W])
+        owner = torch.cat([values, values[torch.randint(len(values), (cells - len(values),), generator=generator)]])
+        dist = (yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2
+        label = owner[dist.argmin(0)]
+        for _ in range(ignore_rects):
+            y0, x0 = (int(torch.randint(n // 2, (1,), generator=generator)) for n in (H, W))
+            y1, x1 = y0 + H // 4, x0 + W // 3
+            label[y0:y1, x0:x1] = ignore_index
+        maps.append(label)
+    return torch.stack(maps)
