@@ -276,6 +276,10 @@ class ViTAdapter(nn.Module):
         flat = [i for r in indexes for i in range(r[0], r[-1] + 1)]
         if flat != list(range(depth)):
             raise ValueError(f"interaction_indexes {indexes} must cover blocks 0..{depth - 1} in order exactly once")
+        if add_vit_feature and len(indexes) != 4:
+            raise ValueError(
+                f"add_vit_feature adds one ViT output per pyramid level, so it needs 4 interaction blocks, got {indexes}"
+            )
         self.in_channels = in_channels
         self.embed_dim = embed_dim
         self.pretrain_grid = pretrain_size // patch_size
