@@ -14,7 +14,10 @@ RandomCrop 512 cat_max_ratio 0.75 -> flip -> PhotoMetricDistortion -> Normalize 
 
 For each ``num_workers`` in {0, 1, 2} a DataLoader (batch 4, ``collate_train``) is drained
 for ``--images`` images after one warm-up batch; reported: total images/s and images/s per
-worker process (num_workers=0 counts the main process as one worker).
+worker process (num_workers=0 counts the main process as one worker), and for num_workers=0
+images per CPU-second of the process (1 / CPU time per image: the rate of one unloaded core,
+robust to other load on the machine). OpenCV and torch
+intra-op threading are disabled first, as mmseg's ``setup_multi_processes`` does.
 
     python benchmarks/data_pipeline.py [--images 96] [--workers 0 1 2]
 """
@@ -70,19 +73,21 @@ def make_ade_like(out: Path, count: int, seed: int = 0) -> Path:
     return out
 
 
-def measure(root: Path, workers: int, images: int, batch: int = 4) -> float:
+def measure(root: Path, workers: int, images: int, batch: int = 4) -> tuple[float, float | None]:
+    """(images/s wall clock, images per CPU-second of the main process when workers == 0)."""
     ds = build_dataset({"dataset": "ade20k", "root": str(root)}, "training", train=True)
     loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate_train,
                         drop_last=True, persistent_workers=False, generator=torch.Generator().manual_seed(0))
     it = iter(loader)
     next(it)  # warm-up: worker start, first decode
-    start, seen = time.perf_counter(), 0
+    start, cpu, seen = time.perf_counter(), time.process_time(), 0
     while seen < images:
         try:
             seen += next(it)["images"].shape[0]
         except StopIteration:
             it = iter(loader)
-    return seen / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return seen / wall, (seen / cpu if workers == 0 else None)
 
 
 def main() -> None:
@@ -91,6 +96,9 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=48, help="files written per source")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
+    # As mmseg's setup_multi_processes: no OpenCV / torch intra-op threads, so one process
+    # (main or worker) is one core's worth of work and the per-worker rate is meaningful.
+    cv2.setNumThreads(0)
     torch.set_num_threads(1)
     print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} torch={torch.__version__} cv2={cv2.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,11 +106,12 @@ def main() -> None:
             "demo-x4 (512x512)": make_demo_x4(Path(tmp) / "demo", args.files),
             "ade-like (683x512..1024x768)": make_ade_like(Path(tmp) / "ade", args.files),
         }
-        print(f"{'source':32s} {'workers':>7s} {'img/s':>8s} {'img/s/worker':>13s}")
+        print(f"{'source':32s} {'workers':>7s} {'img/s':>8s} {'img/s/worker':>13s} {'img/cpu-s':>10s}")
         for name, root in sources.items():
             for w in args.workers:
-                rate = measure(root, w, args.images)
-                print(f"{name:32s} {w:7d} {rate:8.1f} {rate / max(w, 1):13.1f}", flush=True)
+                rate, per_cpu = measure(root, w, args.images)
+                cpu_col = f"{per_cpu:10.1f}" if per_cpu is not None else f"{'-':>10s}"
+                print(f"{name:32s} {w:7d} {rate:8.1f} {rate / max(w, 1):13.1f} {cpu_col}", flush=True)
 
 
 if __name__ == "__main__":
