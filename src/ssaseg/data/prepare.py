@@ -260,9 +260,15 @@ CONVERTERS = ("coco_stuff10k", "pascal_context")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``ssaseg prepare``."""
+    """Arguments of ``ssaseg prepare`` (the module docstring becomes the help epilog)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__
     parser.add_argument("dataset", choices=CONVERTERS, help="which official download RAW_DIR holds")
-    parser.add_argument("raw_dir", help="extracted official download (see `ssaseg prepare -h`)")
+    parser.add_argument(
+        "raw_dir",
+        help="extracted official download: coco_stuff10k = cocostuff-10k-v1.1.zip (images/, annotations/*.mat, "
+        "imageLists/); pascal_context = trainval.tar.gz (trainval/*.mat, 59_labels.txt)",
+    )
     parser.add_argument("out_dir", help="output root in mmseg's layout (data.root of the config)")
     parser.add_argument(
         "--voc-dir", default=None,
