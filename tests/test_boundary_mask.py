@@ -12,6 +12,8 @@ from ssa_reference import opencv_boundary_mask, reference_boundary_mask
 
 from ssaseg.classifiers.boundary import boundary_mask
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 IGNORE = 255
 
 
@@ -115,3 +117,13 @@ def test_uniform_label_has_no_boundary() -> None:
     labels = torch.full((2, 32, 40), 4, dtype=torch.long)
     labels[1] = IGNORE
     assert not boundary_mask(labels).any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_matches_opencv_on_cuda() -> None:
+    """The GPU path must be bit-exact too (large label values stress float arithmetic in the NMS)."""
+    rng = np.random.default_rng(11)
+    labels = np.stack([g(rng, 64, 48, 171) for g in GENERATORS for _ in range(2)])
+    fast = boundary_mask(torch.from_numpy(labels).cuda())
+    assert fast.device.type == "cuda"
+    np.testing.assert_array_equal(fast.cpu().numpy(), reference_boundary_mask(torch.from_numpy(labels)).numpy())

@@ -28,6 +28,8 @@ from torch import Tensor
 
 from ssaseg.classifiers import SSAClassifier
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 IGNORE = 255
 C, K = 8, 6
 

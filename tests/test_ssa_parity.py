@@ -18,6 +18,8 @@ from torch import Tensor
 from ssaseg.classifiers import SSAClassifier
 from ssaseg.classifiers.linear import LinearClassifier
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 IGNORE = 255
 LOSS_KEYS = {"ce", "ce_coarse", "ce_teacher", "kd_response", "dice", "dice_teacher", "kd_semantic", "kd_spatial"}
 RTOL = 1e-5
@@ -274,3 +276,10 @@ def test_parameter_count_matches_spec_table(
     assert _num_params(clf) - baseline == total_added
     clf.deploy()
     assert _num_params(clf) - baseline == inference_added
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", ["absent_classes", "all_ignore_image"])
+def test_matches_reference_on_cuda(case: str) -> None:
+    clf, feat, target = CASES[case]()
+    assert_matches_reference(clf.cuda(), feat.cuda(), target.cuda())
