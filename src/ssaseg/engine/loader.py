@@ -3,10 +3,11 @@
 Why per-sample seeds: the training augmentation draws from the global ``random`` / NumPy /
 torch RNGs. With worker processes (and across a resume) the state of those RNGs at a given
 sample is not reproducible. :class:`TrainSampler` therefore yields ``(index, seed)`` pairs with
-``seed = f(train.seed, rank, epoch, position)``, and :class:`SeededDataset` seeds the three RNGs
-with it before loading the sample (restoring the caller's RNG state afterwards). The data stream
-is then a pure function of ``(seed, rank, epoch, position)``: identical with 0 or N workers and
-across ``--resume``.
+a per-sample seed, and :class:`SeededDataset` seeds the three RNGs
+with it before loading the sample (restoring the caller's RNG state afterwards). The seed is a
+function of ``(train.seed, epoch, global position in the epoch's permutation)``, so the data
+stream is identical with 0 or N workers, across ``--resume``, and for any number of processes
+sharing the same global batch (a sample gets the same augmentation on whichever rank draws it).
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ __all__ = ["TrainSampler", "SeededDataset", "build_train_loader", "shard_indices
 _MIX = 0x9E3779B1  # odd constant mixing the seed parts into one 63-bit integer
 
 
-def _sample_seed(seed: int, rank: int, epoch: int, position: int) -> int:
-    return ((((seed * _MIX + rank) * _MIX + epoch) * _MIX + position) * _MIX) % (2**63 - 1)
+def _sample_seed(seed: int, epoch: int, position: int) -> int:
+    return (((seed * _MIX + epoch) * _MIX + position) * _MIX) % (2**63 - 1)
 
 
 class TrainSampler(Sampler):
@@ -72,7 +73,9 @@ class TrainSampler(Sampler):
         while True:
             indices = self._epoch_indices(epoch)
             for p in range(start, len(indices)):
-                yield indices[p], _sample_seed(self.seed, self.rank, epoch, p)
+                # DistributedSampler deals the permutation round-robin: rank r's p-th sample is
+                # the permutation's (p * world + r)-th.
+                yield indices[p], _sample_seed(self.seed, epoch, p * self.world_size + self.rank)
             epoch, start = epoch + 1, 0
 
     def __len__(self) -> int:  # DataLoader asks; the stream is endless

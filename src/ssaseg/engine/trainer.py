@@ -129,6 +129,7 @@ def train(
     progress: bool = True,
     tensorboard: bool = True,
     device: str | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Train the model of the resolved config ``cfg`` (see the module docstring).
 
@@ -138,12 +139,15 @@ def train(
         progress: show tqdm bars (rank 0).
         tensorboard: write TensorBoard scalars next to the JSONL log.
         device: force "cpu" or "cuda" (default: CUDA when available).
+        stop_after: leave the run after this many iterations (with a checkpoint), as an
+            interrupted job would; ``--resume`` continues it. The schedule is unchanged.
     """
     dist_info = init_distributed(device)
     dev = dist_info.device
     tcfg, scfg = cfg["train"], cfg["schedule"]
     work_dir = Path(tcfg["work_dir"])
     max_iters = int(scfg["max_iters"])
+    end = max_iters if stop_after is None else min(int(stop_after), max_iters)
 
     ckpt = None
     if resume:
@@ -261,7 +265,7 @@ def train(
     train_time, tick = 0.0, time.perf_counter()
     data_iter = iter(loader)
     try:
-        for it in range(start, max_iters):
+        for it in range(start, end):
             scheduler.step(it)
             batch = next(data_iter)
             images = batch["images"].to(dev, non_blocking=True)
@@ -281,8 +285,12 @@ def train(
             in_interval += 1
             done = it + 1
             bar.update(1)
-            if done % log_interval == 0 or done == max_iters:
+            if done % log_interval == 0 or done == end:
                 train_time += time.perf_counter() - tick
+                if dist_info.distributed:
+                    # Log the global-batch mean, comparable with a one-process run.
+                    torch.distributed.all_reduce(loss_sums)
+                    loss_sums /= dist_info.world_size
                 means = _to_scalar_dict(loss_names, loss_sums, in_interval)
                 if not math.isfinite(means["loss"]):
                     raise FloatingPointError(
@@ -307,14 +315,14 @@ def train(
                 if dist_info.is_main:
                     bar.write(f"iter {done}: " + format_metrics_table(metrics, per_class=False))
                 tick = time.perf_counter()
-            if (ckpt_interval > 0 and done % ckpt_interval == 0) or done == max_iters:
+            if (ckpt_interval > 0 and done % ckpt_interval == 0) or done == end:
                 train_time += time.perf_counter() - tick
                 last_ckpt = save(done)
                 tick = time.perf_counter()
     finally:
         bar.close()
         logger.close()
-    return TrainResult(work_dir, last_ckpt, metrics, train_time, max_iters - start, history)
+    return TrainResult(work_dir, last_ckpt, metrics, train_time, max(end - start, 0), history)
 
 
 def test(
