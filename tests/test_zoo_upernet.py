@@ -16,6 +16,7 @@ from ssaseg.backbones.swin import (
 )
 from ssaseg.checkpoints import convert_official_state_dict
 from ssaseg.decoders.uper import UPerDecoder
+import ssaseg.zoo.upernet_swin  # noqa: F401  (registers the "upernet_swin" checkpoint key rule)
 from ssaseg.models import count_parameters, create_model
 
 TINY_SWIN = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), channels=32, aux_channels=16)
