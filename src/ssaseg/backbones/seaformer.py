@@ -191,7 +191,7 @@ class BasicLayer(nn.Module):
         self, depth: int, dim: int, key_dim: int, num_heads: int, mlp_ratio: float, attn_ratio: float, drop_path_rate: float
     ) -> None:
         super().__init__()
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # as the original (float32)
         self.transformer_blocks = nn.ModuleList(
             [Block(dim, key_dim, num_heads, mlp_ratio, attn_ratio, rate) for rate in rates]
         )
