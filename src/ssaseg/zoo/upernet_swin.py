@@ -11,6 +11,12 @@ the Microsoft / timm layout, converted on load by :func:`~ssaseg.backbones.swin.
 Official full-model SSA-Seg checkpoints have the mmseg Swin names, which are this backbone's;
 only mmseg's persistent ``relative_position_index`` buffers are dropped (key rule ``"upernet_swin"``
 for :func:`ssaseg.checkpoints.load_checkpoint`).
+
+Parameter counts at K = 150 (all parameters, auxiliary head included, as mmseg's get_flops):
+linear T 59,941,862 / B 121,279,716 / L 233,759,936 (mmseg: 59.94 M, ~121 M, ~234 M). The README's
+"+SSA" figures (T 61.1 M, L 234.9 M) are these plus the inference-only SSA modules
+(4C^2 + 12C + KC = 1,131,520 for C 512): 61,073,382 and 234,891,456. Training adds the teacher
+(4C^2 + 2C = 1,049,600): T 62,122,982, B 123,460,836, L 235,941,056.
 """
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ architecture argument here (default False) because it changes memory, not result
 Pretrained ViT weights are listed in :data:`PRETRAINED_BACKBONES`; nothing is downloaded: pass
 the local timm-layout file as ``backbone_weights``. Official full-model checkpoints use this
 backbone's names, so they load with the generic key mapping.
+
+Parameter counts at K = 150 (auxiliary head included): linear 363,752,940; the README's 364.9 M is
+that plus the inference-only SSA modules (1,131,520): 364,884,460; with the training-only teacher
+365,934,060.
 """
 from __future__ import annotations
 
