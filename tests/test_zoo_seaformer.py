@@ -85,7 +85,8 @@ def test_forward_shapes(name: str, size: int, models: dict[str, nn.Module]) -> N
     with torch.no_grad():
         features = model.backbone(images)
         # Stride-2 convs round up (padding k//2): 96 px -> 1/64 level of 2x2.
-        assert [tuple(f.shape[1:]) for f in features] == [(c, -(-size // s), -(-size // s)) for c, s in zip(channels, strides)]
+        expected = [(c, -(-size // s), -(-size // s)) for c, s in zip(channels, strides)]
+        assert [tuple(f.shape[1:]) for f in features] == expected
         feat = model.decoder(features)
         assert feat.shape == (1, width, size // 8, size // 8)
         assert model(images).shape == (1, K, size, size)
@@ -108,8 +109,8 @@ def test_train_step(name: str, classifier: str, models: dict[str, nn.Module]) ->
     losses["loss"].backward()
     assert "ce" in losses and not any(k.startswith("aux") for k in losses)
     assert all(torch.isfinite(v) for v in losses.values())
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
-    assert missing == []
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert no_grad == []
 
 
 def test_sea_attention_axial_embedding_resizes() -> None:
@@ -153,7 +154,8 @@ def test_load_classification_checkpoint_prefers_ema(tmp_path) -> None:
 
     ema.pop("trans1.transformer_blocks.0.attn.pos_emb_rowq.pos_embed")
     torch.save({"state_dict_ema": ema}, path)
-    with pytest.raises(ValueError, match=r"(?s)SeaFormer_tiny_cls\.pth.*missing trans1\.transformer_blocks\.0\.attn\.pos_emb_rowq"):
+    expected = r"(?s)SeaFormer_tiny_cls\.pth.*missing trans1\.transformer_blocks\.0\.attn\.pos_emb_rowq"
+    with pytest.raises(ValueError, match=expected):
         SeaFormer(**TINY).load_pretrained(path)
 
 
@@ -161,7 +163,8 @@ def test_zoo_backbone_weights_kwarg(tmp_path) -> None:
     with torch.device("meta"):
         reference = SeaFormer(**SEAFORMER_CONFIGS["seaformer_b"])
     keys = list(reference.state_dict())
-    assert keys[0].startswith("smb1.stem_block.0.c.") and any(k.startswith("trans2.transformer_blocks.3.mlp.fc2.bn.") for k in keys)
+    assert keys[0].startswith("smb1.stem_block.0.c.")
+    assert any(k.startswith("trans2.transformer_blocks.3.mlp.fc2.bn.") for k in keys)
     source = create_model("seaformer_b", K, classifier="linear").backbone
     state = {k: v + 0.5 if v.is_floating_point() else v for k, v in source.state_dict().items()}
     path = tmp_path / "SeaFormer_B_cls_76.4.pth"
@@ -171,7 +174,7 @@ def test_zoo_backbone_weights_kwarg(tmp_path) -> None:
         torch.testing.assert_close(value, state[key], msg=key)
 
 
-def test_load_official_segmentation_checkpoint(tmp_path, models: dict[str, nn.Module]) -> None:
+def test_load_official_segmentation_checkpoint(tmp_path) -> None:
     """mmseg layout (backbone.*, decode_head.* incl. conv_seg) maps onto ssaseg by prefix."""
     model = create_model("seaformer_l", K, classifier="linear")
     official = {}
@@ -187,4 +190,6 @@ def test_load_official_segmentation_checkpoint(tmp_path, models: dict[str, nn.Mo
     torch.save({"state_dict": official}, path)
     load_checkpoint(model, path)
     torch.testing.assert_close(model.classifier.conv_seg.weight, official["decode_head.conv_seg.weight"])
-    torch.testing.assert_close(model.decoder.fuse1.local_embedding.conv.weight, official["decode_head.fuse1.local_embedding.conv.weight"])
+    torch.testing.assert_close(
+        model.decoder.fuse1.local_embedding.conv.weight, official["decode_head.fuse1.local_embedding.conv.weight"]
+    )

@@ -21,7 +21,7 @@ import os
 from timm.models.hrnet import HighResolutionNetFeatures, cfg_cls
 from torch import Tensor, nn
 
-from ..checkpoints import StateDict
+from ..checkpoints import StateDict, load_state_dict_checked, read_state_dict
 
 #: Keys of the ImageNet classification head in official / timm HRNet checkpoints.
 CLASSIFICATION_HEAD_PREFIXES = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
@@ -63,8 +63,6 @@ class HRNet(HighResolutionNetFeatures):
 
         Raises a ``ValueError`` naming the file and the missing / unexpected keys on a misfit.
         """
-        from ..checkpoints import load_state_dict_checked, read_state_dict
-
         load_state_dict_checked(self, checkpoint_filter_fn(read_state_dict(path), self), path, strict=True)
 
 

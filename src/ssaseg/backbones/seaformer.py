@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, make_divisible
 from torch import Tensor, nn
 
-from ..checkpoints import StateDict
+from ..checkpoints import StateDict, load_state_dict_checked, read_state_dict
 
 #: Keys of the ImageNet classifier in the published classification checkpoints.
 CLASSIFICATION_HEAD_PREFIXES = ("linear.",)
@@ -31,7 +31,13 @@ class Conv2dBN(nn.Sequential):
     """Bias-free conv ``c`` followed by BatchNorm ``bn`` (the original ``Conv2d_BN`` names)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, padding: int = 0, groups: int = 1
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
     ) -> None:
         super().__init__()
         self.c = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
@@ -188,7 +194,14 @@ class BasicLayer(nn.Module):
     """``transformer_blocks``: ``depth`` SeaFormer blocks with linearly increasing drop path."""
 
     def __init__(
-        self, depth: int, dim: int, key_dim: int, num_heads: int, mlp_ratio: float, attn_ratio: float, drop_path_rate: float
+        self,
+        depth: int,
+        dim: int,
+        key_dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        attn_ratio: float,
+        drop_path_rate: float,
     ) -> None:
         super().__init__()
         rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # as the original (float32)
@@ -251,7 +264,9 @@ class SeaFormer(nn.Module):
             stride *= (2 if i == 0 else 1) * math.prod(row[3] for row in cfg)
             t = i - (self.num_stacks - self.num_trans)
             if t >= 0 and smb.out_channels != emb_dims[t]:
-                raise ValueError(f"SeaFormer: smb{i + 1} outputs {smb.out_channels} channels but emb_dims[{t}] is {emb_dims[t]}")
+                raise ValueError(
+                    f"SeaFormer: smb{i + 1} outputs {smb.out_channels} channels but emb_dims[{t}] is {emb_dims[t]}"
+                )
             if i == 1 or t >= 0:
                 out_channels.append(smb.out_channels)
                 strides.append(stride)
@@ -301,10 +316,10 @@ class SeaFormer(nn.Module):
         Checkpoints written by timm's train script also pickle their ``argparse.Namespace``
         arguments; that class (and only it) is allowed in the weights-only unpickler.
         """
-        from ..checkpoints import load_state_dict_checked, read_state_dict
-
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            state = read_state_dict(path, wrappers=("state_dict_ema", "state_dict", "model"))
+        # A plain attribute container; registering it (idempotent) keeps torch>=2.4 support,
+        # where the scoped ``safe_globals`` context manager does not exist yet.
+        torch.serialization.add_safe_globals([argparse.Namespace])
+        state = read_state_dict(path, wrappers=("state_dict_ema", "state_dict", "model"))
         load_state_dict_checked(self, checkpoint_filter_fn(state), path, strict=True)
 
 

@@ -54,7 +54,9 @@ def _seaformer(
 
 
 @register_model
-def seaformer_b(num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **kwargs) -> Segmentor:
+def seaformer_b(
+    num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **kwargs
+) -> Segmentor:
     """SeaFormer-B + LightHead (C = 160 at 1/8; levels 64 @1/8, 192 @1/32, 256 @1/64).
 
     kwargs: ``drop_path_rate`` (0.1), ``dropout`` (0.1), ``norm``, ``backbone_weights`` (path to
@@ -64,7 +66,9 @@ def seaformer_b(num_classes: int, classifier: str = "ssa", classifier_kwargs: di
 
 
 @register_model
-def seaformer_l(num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **kwargs) -> Segmentor:
+def seaformer_l(
+    num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **kwargs
+) -> Segmentor:
     """SeaFormer-L + LightHead (C = 192 at 1/8; levels 128 @1/8, 192 @1/16, 256 @1/32, 320 @1/64).
 
     kwargs as :func:`seaformer_b` (weights ``SeaFormer_L_cls_79.9.pth``).
