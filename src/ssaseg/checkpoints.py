@@ -52,6 +52,14 @@ def register_key_converter(arch: str) -> Callable[[KeyConverter], KeyConverter]:
     return wrap
 
 
+def has_key_converter(arch: str) -> bool:
+    """Whether an architecture registered a key converter (imports the zoo so it can)."""
+    from .models import _import_zoo
+
+    _import_zoo()
+    return arch in _KEY_CONVERTERS
+
+
 def _head_key(rest: str, decoder_prefix: str, classifier_prefix: str) -> str:
     """Map a key inside an official head (``rest`` has the ``decode_head.`` prefix removed)."""
     first, _, tail = rest.partition(".")
@@ -94,7 +102,7 @@ def convert_official_state_dict(state_dict: StateDict, arch: str | None = None) 
             new = key
         out[new] = value
     if arch is not None:
-        if arch not in _KEY_CONVERTERS:
+        if not has_key_converter(arch):
             raise KeyError(f"no key converter registered for arch {arch!r}; known: {sorted(_KEY_CONVERTERS)}")
         out = _KEY_CONVERTERS[arch](out)
     return out
@@ -130,11 +138,19 @@ def read_state_dict(
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, arch: str | None = None, strict: bool = True) -> None:
     """Load a full-model checkpoint (ssaseg or official layout) into ``model``.
 
+    ``arch`` selects the architecture's key converter for official checkpoints; by default it is
+    inferred from ``model.model_name`` (set by :func:`ssaseg.create_model`).
+
     Raises a ``ValueError`` that names the file and lists missing/unexpected/mis-shaped keys when
     the checkpoint does not fit the model.
     """
     state = read_state_dict(path)
     if any(k.startswith(("decode_head.", "auxiliary_head.", "module.decode_head.")) for k in state):
+        if arch is None and getattr(model, "model_name", None):
+            from .models import architecture_of
+
+            inferred = architecture_of(model.model_name)
+            arch = inferred if has_key_converter(inferred) else None
         state = convert_official_state_dict(state, arch)
     load_state_dict_checked(model, state, path, strict)
 

@@ -77,11 +77,19 @@ def create_model(
     if classifier not in ("ssa", "linear"):
         raise ValueError(f"classifier must be 'ssa' or 'linear', got {classifier!r}")
     model = _ENTRYPOINTS[name](num_classes=num_classes, classifier=classifier, **kwargs)
+    # Recorded so that load_checkpoint can pick the architecture's key converter.
+    model.model_name = name
     if checkpoint is not None:
         from .checkpoints import load_checkpoint
 
         load_checkpoint(model, checkpoint)
     return model
+
+
+def architecture_of(name: str) -> str:
+    """The architecture (zoo module) a registered model belongs to, e.g. ``"upernet_swin"``."""
+    _import_zoo()
+    return _ENTRYPOINTS[name].__module__.rsplit(".", 1)[-1]
 
 
 def count_parameters(module: nn.Module) -> int:
