@@ -86,7 +86,7 @@ def _plot_losses(results: dict[str, TrainResult], path: Path) -> None:
 @torch.inference_mode()
 def _grid(checkpoints: dict[str, Path], val_dataset: Any, path: Path, num_images: int, device: str) -> None:
     """``num_images`` validation rows of image | ground truth | linear | SSA predictions."""
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     from ..data import load_image
     from .inference import predict_labels
@@ -104,7 +104,13 @@ def _grid(checkpoints: dict[str, Path], val_dataset: Any, path: Path, num_images
             pred = predict_labels(models[run], item["image"][None].to(device), label.shape)[0].cpu().numpy()
             tiles.append(colorize(pred, palette))
         rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles], 1))
-    Image.fromarray(np.concatenate(rows, 0)).save(path)
+    grid = np.concatenate(rows, 0)
+    header = Image.new("RGB", (grid.shape[1], 18), "white")
+    draw = ImageDraw.Draw(header)
+    tile_w = grid.shape[1] // 4
+    for i, title in enumerate(("image", "ground truth", "linear", "SSA")):
+        draw.text((i * tile_w + 6, 3), title, fill="black")
+    Image.fromarray(np.concatenate([np.asarray(header), grid], 0)).save(path)
 
 
 def _report(results: dict[str, TrainResult], out: Path, build_time: float, total_time: float, cfg: dict) -> str:

@@ -92,6 +92,8 @@ def predict_files(
     from ..data.transforms import TestPipeline
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     files = _expand_inputs(inputs)
     model, cfg, meta = load_model_for_inference(checkpoint, cfg, dev)
     tp = cfg["data"]["test_pipeline"]

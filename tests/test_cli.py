@@ -1,0 +1,113 @@
+"""``ssaseg`` CLI: train / test / predict on a tiny config, and clear exit-2 errors."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import _engine_fakes  # noqa: F401  (registers engine_toy)
+from ssaseg.cli import run
+
+TINY = """\
+model: {{name: engine_toy, classifier: linear, num_classes: 14, sync_bn: false}}
+data:
+  dataset: demo
+  root: {cache}
+  reduce_zero_label: false
+  batch_size: 2
+  num_workers: 0
+  train_pipeline: {{scale: [64, 64], crop_size: [64, 64]}}
+  test_pipeline: {{scale: [64, 64], resize_to_multiple: 32}}
+schedule: {{max_iters: 2, warmup_iters: 1}}
+train: {{eval_interval: 0, checkpoint_interval: 0, log_interval: 1, amp: "off"}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture()
+def tiny_cfg(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.format(cache=tmp_path / "cache"))
+    return path
+
+
+def test_train_test_predict(tmp_path, tiny_cfg, capsys):
+    work = tmp_path / "work"
+    assert run(["train", str(tiny_cfg), "--work-dir", str(work), "--no-progress", "--device", "cpu"]) == 0
+    ckpt = work / "iter_2.pth"
+    assert ckpt.is_file() and (work / "config.yaml").is_file() and (work / "log.jsonl").is_file()
+    # a tiny validation split keeps `test` fast: point val_split at a 3-image copy
+    from ssaseg.data.demo import ensure_demo_dataset
+
+    root = ensure_demo_dataset(tmp_path / "cache")
+    val = root / "images" / "validation"
+    small = sorted(val.glob("*.jpg"))[:3]
+    for sub, ext in (("images", ".jpg"), ("annotations", ".png")):
+        (root / sub / "mini").mkdir(exist_ok=True)
+        for f in small:
+            src = root / sub / "validation" / (f.stem + ext)
+            (root / sub / "mini" / src.name).write_bytes(src.read_bytes())
+    assert run(["test", str(tiny_cfg), str(ckpt), "--set", "data.val_split=mini", "--work-dir", str(work),
+                "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "digit 9" in out
+    assert list(work.glob("eval_single_scale_*.json"))
+
+    pred_dir = tmp_path / "pred"
+    assert run(["predict", str(ckpt), str(small[0]), str(root / "images" / "mini"), "--out", str(pred_dir),
+                "--device", "cpu"]) == 0
+    masks = sorted(pred_dir.glob("*_mask.png"))
+    assert len(masks) == 3 and len(list(pred_dir.glob("*_overlay.png"))) == 3
+    mask = np.asarray(Image.open(masks[0]))
+    assert mask.shape == (128, 128, 3)  # original image size
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path, tiny_cfg, capsys):
+    assert run(["train", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.yaml" in err and "Traceback" not in err
+
+    assert run(["train", str(tiny_cfg), "--set", "optimizer.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "optimizer.lr" in err and "did you mean" in err
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.format(cache=tmp_path / "cache").replace("batch_size: 2", "batch_sise: 2"))
+    assert run(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "data.batch_size" in err
+
+    assert run(["predict", str(tmp_path / "nope.pth"), "x.jpg", "--out", str(tmp_path)]) == 2
+    assert "nope.pth" in capsys.readouterr().err
+
+    # an incompatible checkpoint: width-32 weights into a width-16 model
+    from _engine_fakes import engine_toy
+
+    ckpt = tmp_path / "w32.pth"
+    torch.save({"model": engine_toy(14, "linear").state_dict()}, ckpt)
+    assert run(["test", str(tiny_cfg), str(ckpt), "--set", "model.kwargs={width: 16}"]) == 2
+    err = capsys.readouterr().err
+    assert "w32.pth" in err and "does not fit" in err and "Traceback" not in err
+
+    assert run(["test", str(tiny_cfg), str(ckpt), "--set", "model.num_classes=5"]) == 2
+    assert "14 classes" in capsys.readouterr().err
+
+    assert run(["train", str(tiny_cfg), "--set", "model.name=segformer_bO"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'segformer_bO'" in err and "did you mean segformer_b" in err
+
+
+def test_module_entry_point_and_help():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ssaseg", "--help"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0
+    for cmd in ("train", "test", "predict", "demo", "prepare", "benchmark"):
+        assert cmd in proc.stdout
