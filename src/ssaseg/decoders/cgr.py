@@ -262,7 +262,10 @@ class CGRClassifier(LinearClassifier):
 
     Loss (as the official head, spec §6.1): only the final logits get the mmseg cross entropy
     (weight 1, ignored pixels kept in the denominator); ``M`` gets no loss of its own and is
-    trained only through the gather weights.
+    trained only through the gather weights. Two consequences of the official design: the
+    bias of ``lgc.conv_mask`` never gets a gradient (its output is softmaxed over the classes,
+    which ignores a constant shift), and at initialisation the zeroed last conv of the ``lgc``
+    gate blocks the gradient of ``linear_fuse`` and of the gate's first layers until it moves.
 
     Eval: ``forward(x) -> logits (B, K, h, w)``; train: ``forward(x, target) -> (logits,
     {"ce": loss})``.
