@@ -174,3 +174,16 @@ def load_state_dict_checked(
         lines += [f"  missing {k}" for k in missing[:20]] + [f"  unexpected {k}" for k in unexpected[:20]]
         raise ValueError("\n".join(lines))
     model.load_state_dict(state, strict=strict)
+
+
+def load_backbone_weights(module: nn.Module, state: StateDict, source: str | os.PathLike, keep_initial: str = "") -> list[str]:
+    """Strict load of ``state`` into ``module``, except that parameters whose names fully match the
+    regex ``keep_initial`` may be absent from ``state`` (they keep their initial values).
+
+    A misfit raises ``ValueError`` naming ``source`` (see ``load_state_dict_checked``). Returns the
+    names that kept their initial values.
+    """
+    own = module.state_dict()
+    kept = [k for k in own if k not in state and keep_initial and re.fullmatch(keep_initial, k)]
+    load_state_dict_checked(module, {**state, **{k: own[k] for k in kept}}, source)
+    return kept

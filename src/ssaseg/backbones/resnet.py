@@ -18,7 +18,7 @@ import re
 from timm.models.resnet import Bottleneck, ResNet
 from torch import Tensor, nn
 
-from .swin import load_backbone_weights
+from ..checkpoints import load_backbone_weights
 
 StateDict = dict[str, Tensor]
 

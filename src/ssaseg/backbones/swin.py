@@ -31,6 +31,8 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse
 from torch import Tensor, nn
 
+from ..checkpoints import load_backbone_weights
+
 StateDict = dict[str, Tensor]
 
 # Kernel-position order of the Microsoft/timm PatchMerging concat, (h, w): (0,0),(1,0),(0,1),(1,1);
@@ -315,21 +317,6 @@ class SwinTransformer(nn.Module):
         else:
             state = {k: v for k, v in state.items() if not k.endswith(("relative_position_index", "attn_mask"))}
         return load_backbone_weights(self, state, path, keep_initial=r"norm\d+\.(weight|bias)")
-
-
-def load_backbone_weights(module: nn.Module, state: StateDict, source: str | os.PathLike, keep_initial: str = "") -> list[str]:
-    """Strict load of ``state`` into ``module``, except that parameters whose names fully match the
-    regex ``keep_initial`` may be absent from ``state`` (they keep their initial values).
-
-    A misfit raises ``ValueError`` naming ``source`` (see ``load_state_dict_checked``). Returns the
-    names that kept their initial values.
-    """
-    from ..checkpoints import load_state_dict_checked
-
-    own = module.state_dict()
-    kept = [k for k in own if k not in state and keep_initial and re.fullmatch(keep_initial, k)]
-    load_state_dict_checked(module, {**state, **{k: own[k] for k in kept}}, source)
-    return kept
 
 
 def _merge_to_unfold(w: Tensor) -> Tensor:

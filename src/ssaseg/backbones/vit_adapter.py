@@ -24,7 +24,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from .ms_deform_attn import MSDeformAttn
-from .swin import load_backbone_weights
+from ..checkpoints import load_backbone_weights
 
 _LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
