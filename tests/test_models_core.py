@@ -1,0 +1,393 @@
+"""SegNeXt (MSCAN + LightHamHead) and SegFormer (MiT + All-MLP): builds, parameter counts, key
+layouts and converters, NMF seeding, torch.compile, ONNX export and bf16 autocast."""
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+
+from ssaseg.backbones.mit import MixVisionTransformer, convert_official_mit, is_official_mit_layout
+from ssaseg.backbones.mscan import MSCAN
+from ssaseg.checkpoints import SSA_PARAMETER_NAMES, load_checkpoint
+from ssaseg.decoders.ham import NMF2D
+from ssaseg.models import count_parameters, create_model, list_models
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+K = 5
+TINY = {
+    "segnext_t": dict(embed_dims=(8, 16, 32, 32), depths=(1, 1, 1, 1), channels=32, md_r=4),
+    "segformer_b0": dict(embed_dims=8, depths=(1, 1, 1, 1), channels=32),
+}
+
+
+def tiny(name: str, classifier: str = "ssa", **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, K, classifier=classifier, **{**TINY[name], **kw})
+
+
+def batch(size: tuple[int, int] = (64, 64)) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(2, 3, *size, generator=g)
+    targets = torch.randint(0, K, (2, *size), generator=g)
+    targets[:, :6] = 255
+    return images, targets
+
+
+def train_step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One training forward/backward; asserts a finite loss and a finite gradient on every
+    trainable parameter."""
+    model.train()
+    model.zero_grad()
+    losses = model(images, targets)
+    assert torch.isfinite(losses["loss"]), losses
+    losses["loss"].backward()
+    bad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not bad, f"parameters without a finite gradient: {bad[:8]}"
+    return losses
+
+
+def meta_model(name: str, classifier: str, num_classes: int = 150) -> torch.nn.Module:
+    with torch.device("meta"):
+        return create_model(name, num_classes, classifier=classifier)
+
+
+@functools.cache
+def counts(name: str) -> tuple[int, int, int]:
+    """Real-size parameter counts at K = 150: (linear, SSA for training, SSA after deploy())."""
+    ssa = meta_model(name, "ssa")
+    ssa_total = count_parameters(ssa)
+    return count_parameters(meta_model(name, "linear")), ssa_total, count_parameters(ssa.deploy())
+
+
+# ---------------------------------------------------------------------------------------------
+# builds, forward/backward
+
+
+def test_registered():
+    names = set(list_models())
+    assert {f"segnext_{s}" for s in "tsbl"} <= names
+    assert {f"segformer_b{i}" for i in range(6)} <= names
+
+
+@pytest.mark.parametrize("name", ["segnext_t", "segformer_b0"])
+@pytest.mark.parametrize("classifier", ["linear", "ssa"])
+def test_train_and_eval_tiny(name: str, classifier: str):
+    model = tiny(name, classifier)
+    images, targets = batch((64, 96))
+    losses = train_step(model, images, targets)
+    if classifier == "ssa":
+        assert {"ce", "ce_teacher", "kd_semantic"} <= set(losses)
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert out.shape == (2, K, 64, 96) and torch.isfinite(out).all()
+    stride = 8 if name.startswith("segnext") else 4  # F at 1/8 (LightHam) or 1/4 (SegFormer)
+    with torch.no_grad():
+        feat = model.decoder(model.backbone(images))
+    assert feat.shape == (2, 32, 64 // stride, 96 // stride) and model.decoder.channels == 32
+
+
+def test_backbone_contract():
+    x = torch.randn(1, 3, 64, 64)
+    for bb in (MSCAN((8, 16, 24, 32), (1, 1, 1, 1)), MixVisionTransformer(8, (1, 1, 1, 1))):
+        feats = bb(x)
+        assert bb.strides == [4, 8, 16, 32]
+        assert [f.shape[1] for f in feats] == bb.out_channels
+        assert [f.shape[-1] for f in feats] == [64 // s for s in bb.strides]
+
+
+def test_unknown_override_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"segformer_b0\(\) got unexpected arguments \['depth'\]"):
+        create_model("segformer_b0", K, depth=(1, 1, 1, 1))
+    with pytest.raises(TypeError, match="accepted:.*md_r"):
+        create_model("segnext_t", K, rank=4)
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter counts at real size (K = 150), built on the meta device
+
+
+def ssa_added(c: int, k: int, deployed: bool) -> int:
+    """SSA parameters on top of the linear classifier (spec §2)."""
+    return 4 * c * c + 12 * c + k * c if deployed else 8 * c * c + 14 * c + k * c
+
+
+# exact counts with the linear classifier at K = 150 (backbone + decoder + conv_seg)
+LINEAR_150 = {
+    "segnext_t": (4_263_414, 256),
+    "segnext_s": (13_932_886, 256),
+    "segnext_b": (27_636_310, 512),
+    "segnext_l": (48_926_550, 1024),
+    "segformer_b0": (3_753_718, 256),
+    "segformer_b5": (82_008_406, 256),
+}
+
+
+@pytest.mark.parametrize("name", list(LINEAR_150))
+def test_parameter_counts_exact(name: str):
+    linear, c = LINEAR_150[name]
+    assert counts(name) == (
+        linear, linear + ssa_added(c, 150, deployed=False), linear + ssa_added(c, 150, deployed=True)
+    )
+
+
+def test_parameter_counts_match_paper():
+    # SegNeXt-T 4.3 M -> 4.6 M, SegFormer-B5 82.0 M -> 82.3 M (README, inference modules only)
+    for name, base, with_ssa in (("segnext_t", 4.3, 4.6), ("segformer_b5", 82.0, 82.3)):
+        linear, _, deployed = counts(name)
+        assert (round(linear / 1e6, 1), round(deployed / 1e6, 1)) == (base, with_ssa)
+
+
+def test_mmseg_key_names():
+    nx = set(meta_model("segnext_t", "ssa").state_dict())
+    for key in (
+        "backbone.patch_embed1.proj.0.weight", "backbone.patch_embed1.proj.4.running_var",
+        "backbone.patch_embed2.proj.weight", "backbone.patch_embed2.norm.weight",
+        "backbone.block1.0.norm1.weight", "backbone.block1.0.attn.proj_1.weight",
+        "backbone.block3.4.attn.spatial_gating_unit.conv0.weight",
+        "backbone.block3.4.attn.spatial_gating_unit.conv2_2.weight",
+        "backbone.block3.4.attn.spatial_gating_unit.conv3.bias", "backbone.block2.1.mlp.dwconv.dwconv.weight",
+        "backbone.block4.1.layer_scale_2", "backbone.norm4.weight",
+        "decoder.squeeze.conv.weight", "decoder.squeeze.gn.weight", "decoder.hamburger.ham_in.conv.bias",
+        "decoder.hamburger.ham_out.gn.bias", "decoder.align.conv.weight", "classifier.conv_seg.weight",
+    ):
+        assert key in nx, key
+    assert "decoder.hamburger.ham_out.conv.bias" not in nx  # conv before a norm has no bias (mmcv)
+    sf = set(meta_model("segformer_b5", "ssa").state_dict())
+    for key in (
+        "backbone.layers.0.0.projection.weight", "backbone.layers.0.0.norm.bias",
+        "backbone.layers.2.1.39.attn.attn.in_proj_weight", "backbone.layers.2.1.39.attn.attn.out_proj.bias",
+        "backbone.layers.0.1.2.attn.sr.weight", "backbone.layers.0.1.2.attn.norm.weight",
+        "backbone.layers.1.1.0.ffn.layers.0.weight", "backbone.layers.1.1.0.ffn.layers.1.weight",
+        "backbone.layers.1.1.0.ffn.layers.4.bias", "backbone.layers.3.2.weight",
+        "decoder.convs.3.conv.weight", "decoder.convs.3.bn.running_mean", "decoder.fusion_conv.conv.weight",
+    ):
+        assert key in sf, key
+    assert "backbone.layers.3.1.0.attn.sr.weight" not in sf  # sr_ratio 1 in the last stage
+
+
+# ---------------------------------------------------------------------------------------------
+# NMF2D
+
+
+def test_nmf_generator_seeds_bases_and_runs_fp32():
+    nmf = NMF2D(16, md_r=4).eval()
+    x = torch.rand(2, 16, 6, 6)
+    nmf.generator = torch.Generator().manual_seed(7)
+    a = nmf(x)
+    nmf.generator.manual_seed(7)
+    assert torch.equal(nmf(x), a)
+    assert not torch.allclose(nmf(x), a)  # fresh bases on every call (spec Q22)
+    nmf.generator = None
+    torch.manual_seed(3)
+    b = nmf(x)
+    torch.manual_seed(3)
+    assert torch.equal(nmf(x), b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = nmf(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    fixed = NMF2D(16, md_r=4, rand_init=False).eval()
+    assert torch.equal(fixed(x), fixed(x)) and "bases" in fixed.state_dict()
+    with pytest.raises(ValueError, match="divisible by md_s"):
+        NMF2D(10, md_s=4)
+
+
+def test_nmf_steps_follow_mode():
+    calls: list[int] = []
+    nmf = NMF2D(8, md_r=2)
+    nmf._update_bases = lambda x, b, c: (calls.append(1), b)[1]  # type: ignore[method-assign]
+    x = torch.rand(1, 8, 4, 4)
+    nmf.train()(x)
+    assert len(calls) == 6
+    calls.clear()
+    nmf.eval()(x)
+    assert len(calls) == 7
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints: published backbone layouts and official full-model checkpoints
+
+
+def to_official_mit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Test-side inverse of convert_official_mit (mmseg layout -> NVlabs layout)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, v in state.items():
+        _, stage, part, rest = key.split(".", 3)
+        s = int(stage) + 1
+        if part == "0":
+            out[f"patch_embed{s}.{rest.replace('projection.', 'proj.')}"] = v
+        elif part == "2":
+            out[f"norm{s}.{rest}"] = v
+        else:
+            block, tail = rest.split(".", 1)
+            p = f"block{s}.{block}."
+            if tail.startswith("attn.attn.in_proj_"):
+                param = tail.rsplit("_", 1)[1]
+                c = v.shape[0] // 3
+                out[p + f"attn.q.{param}"], out[p + f"attn.kv.{param}"] = v[:c], v[c:]
+            elif tail.startswith("attn.attn.out_proj."):
+                out[p + tail.replace("attn.attn.out_proj.", "attn.proj.")] = v
+            elif tail.startswith("ffn.layers."):
+                idx, param = tail[len("ffn.layers."):].split(".")
+                name = {"0": "fc1", "1": "dwconv.dwconv", "4": "fc2"}[idx]
+                out[p + f"mlp.{name}.{param}"] = v.flatten(1) if idx in "04" and param == "weight" else v
+            else:
+                out[p + tail] = v
+    return out
+
+
+def test_official_mit_converter_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    src = MixVisionTransformer(8, (1, 2, 1, 1)).eval()
+    official = to_official_mit(src.state_dict())
+    assert is_official_mit_layout(official) and "block1.0.attn.kv.weight" in official
+    assert official["block2.1.mlp.fc1.weight"].dim() == 2
+    converted = convert_official_mit({**official, "head.weight": torch.zeros(3, 64), "head.bias": torch.zeros(3)})
+    assert converted.keys() == src.state_dict().keys()
+    for k, v in src.state_dict().items():
+        assert torch.equal(converted[k], v), k
+    with pytest.raises(KeyError, match="pos_embed"):
+        convert_official_mit({"pos_embed": torch.zeros(1)})
+
+    # the loader detects the layout; outputs equal the source model's
+    path = tmp_path / "mit_official.pth"
+    torch.save({"state_dict": official}, path)
+    model = tiny("segformer_b0", "linear", depths=(1, 2, 1, 1), backbone_weights=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(src(x), model.backbone(x)):
+            torch.testing.assert_close(a, b)
+
+    # mmseg layout loads as is; a wrong-size file names the file and the keys
+    mm_path = tmp_path / "mit_mmseg.pth"
+    torch.save(src.state_dict(), mm_path)
+    MixVisionTransformer(8, (1, 2, 1, 1)).load_pretrained(mm_path)
+    with pytest.raises(ValueError, match=r"mit_mmseg\.pth does not fit[\s\S]*missing layers\.0\.1\.1\."):
+        MixVisionTransformer(8, (2, 2, 1, 1)).load_pretrained(mm_path)
+
+
+def test_mscan_published_layout_loads(tmp_path):
+    torch.manual_seed(0)
+    src = MSCAN((8, 16, 32, 32), (1, 1, 1, 1), (8, 8, 4, 4)).eval()
+    path = tmp_path / "mscan_t.pth"
+    # ImageNet files carry the classifier (dropped) and may carry a "state_dict" wrapper
+    torch.save({"state_dict": {**src.state_dict(), "head.weight": torch.zeros(10, 32), "head.bias": torch.zeros(10)}}, path)
+    model = tiny("segnext_t", "linear", backbone_weights=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(src(x), model.backbone(x)):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match=r"mscan_t\.pth does not fit[\s\S]*shape mismatch"):
+        tiny("segnext_t", "linear", embed_dims=(8, 16, 32, 64), backbone_weights=str(path))
+
+
+@pytest.mark.parametrize("name", ["segnext_t", "segformer_b0"])
+def test_official_full_checkpoint_loads(name: str, tmp_path):
+    """An official mmseg/SSA-layout segmentor checkpoint (backbone.*, decode_head.* with the SSA
+    reference's names) loads with the generic converter alone."""
+    src = tiny(name)
+    to_official = {v: k for k, v in SSA_PARAMETER_NAMES.items()}
+    official = {}
+    for key, v in src.state_dict().items():
+        if key.startswith("decoder."):
+            key = "decode_head." + key[len("decoder."):]
+        elif key.startswith("classifier."):
+            first, rest = key[len("classifier."):].split(".", 1)
+            key = f"decode_head.{to_official[first]}.{rest}"
+        official[key] = v
+    official["decode_head.ssa_loss.criterion.empty_weight"] = torch.ones(K + 1)
+    path = tmp_path / "official.pth"
+    torch.save({"meta": {}, "state_dict": official}, path)
+    torch.manual_seed(1)
+    dst = create_model(name, K, **TINY[name])
+    load_checkpoint(dst, path)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.manual_seed(2)  # same NMF bases for both SegNeXt calls
+        ref = src.eval()(x)
+        torch.manual_seed(2)
+        torch.testing.assert_close(dst.eval()(x), ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile, ONNX, autocast
+
+
+def deployed_tiny(name: str) -> torch.nn.Module:
+    return tiny(name).eval().deploy()
+
+
+@pytest.mark.parametrize("name", ["segnext_t", "segformer_b0"])
+def test_compile_fullgraph_matches_eager(name: str):
+    """fullgraph capture (no graph break) of the whole SSA model in eval mode. The aot_eager
+    backend keeps the test fast; the inductor variant is in the slow test below. For SegNeXt the
+    NMF bases come from the global RNG (a generator set on the module is ignored under
+    compile), pinned by seeding before each call."""
+    model = deployed_tiny(name)
+    if name == "segnext_t":
+        model.decoder.nmf.generator = torch.Generator().manual_seed(0)  # must not break the graph
+    x = torch.randn(1, 3, 64, 64)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.manual_seed(5)
+        out = compiled(x)
+        if name == "segnext_t":
+            model.decoder.nmf.generator = None
+        torch.manual_seed(5)
+        ref = model(x)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["segnext_t", "segformer_b0"])
+def test_compile_inductor_matches_eager(name: str):
+    model = tiny(name, **({"rand_init": False} if name == "segnext_t" else {})).eval().deploy()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = torch.compile(model, fullgraph=True)(x)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+
+
+def _onnx_matches_eager(name: str, path, dynamo: bool) -> None:
+    import onnxruntime as ort
+
+    # rand_init=False: fixed NMF bases, so ONNX Runtime and eager compute the same function
+    model = tiny(name, **({"rand_init": False} if name == "segnext_t" else {})).eval().deploy()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = model(x)
+    kwargs = {} if dynamo else {"opset_version": 17}
+    torch.onnx.export(model, (x,), str(path), dynamo=dynamo, input_names=["images"], output_names=["logits"], **kwargs)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("name", ["segnext_t", "segformer_b0"])
+def test_onnx_export_matches_eager(name: str, tmp_path):
+    """TorchScript-based exporter (fast); the torch.export-based one is in the slow test."""
+    _onnx_matches_eager(name, tmp_path / f"{name}.onnx", dynamo=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["segnext_t", "segformer_b0"])
+def test_onnx_dynamo_export_matches_eager(name: str, tmp_path):
+    _onnx_matches_eager(name, tmp_path / f"{name}.onnx", dynamo=True)
+
+
+@pytest.mark.parametrize("name", ["segnext_t", "segformer_b0"])
+def test_bf16_autocast_finite(name: str):
+    model = tiny(name)
+    images, targets = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = train_step(model, images, targets)
+        model.eval()
+        with torch.no_grad():
+            out = model(images)
+    assert torch.isfinite(out).all() and out.shape == (2, K, 64, 64)
+    assert math.isfinite(float(losses["loss"].detach()))
