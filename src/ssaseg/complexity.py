@@ -19,6 +19,7 @@ Three numbers are reported because they answer different questions:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import statistics
@@ -38,6 +39,7 @@ __all__ = [
     "add_arguments",
     "benchmark_model",
     "latency_ms",
+    "meta_copy",
     "mmcv_gmacs",
     "mmcv_macs_by_module",
     "params",
@@ -157,21 +159,72 @@ class _EvalMode:
             module.training = flag
 
 
-def _dummy_input(model: nn.Module, input_shape: Sequence[int]) -> Tensor:
+def _dummy_input(model: nn.Module, input_shape: Sequence[int], values: bool = True) -> Tensor:
+    """A ``(B, 3, H, W)`` input on the model's device and dtype (uninitialised if not ``values``)."""
     if len(input_shape) != 4 or input_shape[1] != 3:
         raise ValueError(f"input_shape must be (B, 3, H, W), got {tuple(input_shape)}")
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    if not values:
+        return torch.empty(tuple(input_shape), device=device, dtype=dtype)
     # Deterministic content: data-dependent paths (if any) take the same branch every run.
     generator = torch.Generator().manual_seed(0)
     return torch.randn(tuple(input_shape), generator=generator).to(device=device, dtype=dtype)
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A structural copy of ``model`` whose parameters and buffers live on the ``meta`` device.
+
+    Costs no weight memory (used to count parameters after ``deploy()`` without touching the
+    caller's model).
+    """
+    memo: dict[int, object] = {}
+    for tensor in (*model.parameters(), *model.buffers()):
+        meta = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+def _forward_counted(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    shape_only: bool,
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> None:
+    """One eval forward of ``model`` under ``inference_mode`` and a fresh ``context()``.
+
+    With ``shape_only`` the forward runs under a ``FakeTensorMode``: tensors carry shapes,
+    dtypes and devices but no data, so no arithmetic is done and no activation memory is
+    used; module hooks and dispatch modes see the same calls and shapes as in a real run.
+    A forward that needs values (``.item()``, data-dependent shapes) raises there and is
+    re-run for real, which gives the same counts, only slower; ``context`` is called once
+    per attempt so that each attempt starts its count from zero.
+    """
+
+    def forward(values: bool) -> None:
+        with _EvalMode(model), torch.inference_mode():
+            x = _dummy_input(model, input_shape, values)
+            with context():
+                model(x)
+
+    if shape_only:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        try:
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                forward(values=False)
+            return
+        except (RuntimeError, NotImplementedError, TypeError):
+            pass
+    forward(values=True)
 
 
 def mmcv_macs_by_module(
     model: nn.Module,
     input_shape: Sequence[int] = (1, 3, 512, 512),
     skip_types: Iterable[type] = (),
+    shape_only: bool = True,
 ) -> dict[str, float]:
     """Per-module MACs under mmcv 1.x's rules (see :func:`mmcv_gmacs`), summed over calls.
 
@@ -181,6 +234,11 @@ def mmcv_macs_by_module(
     skip = tuple(skip_types)
     counts: dict[str, int] = {}
     handles = []
+
+    @contextlib.contextmanager
+    def fresh_count():
+        counts.clear()
+        yield
 
     def make_hook(name: str, rule: Callable[[nn.Module, Tensor, Tensor], int]):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output) -> None:
@@ -201,9 +259,7 @@ def mmcv_macs_by_module(
         if rule is not None and not isinstance(module, skip):
             handles.append(module.register_forward_hook(make_hook(name, rule), with_kwargs=True))
     try:
-        with _EvalMode(model), torch.inference_mode():
-            x = _dummy_input(model, input_shape)
-            model(x)
+        _forward_counted(model, input_shape, shape_only, fresh_count)
     finally:
         for handle in handles:
             handle.remove()
@@ -215,13 +271,14 @@ def mmcv_gmacs(
     model: nn.Module,
     input_shape: Sequence[int] = (1, 3, 512, 512),
     skip_types: Iterable[type] = (),
+    shape_only: bool = True,
 ) -> float:
     """GMACs of one forward of ``model`` on a ``input_shape`` tensor, counted as mmcv 1.x does.
 
     This is the number mmseg 0.x's ``tools/get_flops.py`` prints as "GFLOPs" (mmcv:
     "a multiply-add counts as one FLOP"). The model runs once in eval mode under
     ``torch.inference_mode`` (its modules' ``training`` flags are restored and all hooks are
-    removed afterwards); for a :class:`~ssaseg.segmentor.Segmentor` the eval forward is
+    removed afterwards; its weights are not modified); for a :class:`~ssaseg.segmentor.Segmentor` the eval forward is
     mmseg's ``forward_dummy``: backbone, decode head test path, classifier student path, resize.
     Unexecuted modules (teacher, auxiliary heads) contribute nothing, so deploying first does
     not change the figure.
@@ -251,11 +308,13 @@ def mmcv_gmacs(
         skip_types: extra module types to leave uncounted, e.g. ``(nn.BatchNorm2d,)`` to
             mimic a reference config that built those norms as SyncBN (mmseg's get_flops does
             not revert SyncBN, so those norms are absent from published figures).
+        shape_only: run the forward under ``FakeTensorMode`` (shapes only: fast, no
+            activation memory); a model whose forward needs values falls back to a real one.
 
     Returns:
         MACs / 1e9.
     """
-    return sum(mmcv_macs_by_module(model, input_shape, skip_types).values()) / 1e9
+    return sum(mmcv_macs_by_module(model, input_shape, skip_types, shape_only).values()) / 1e9
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,47 +322,66 @@ def mmcv_gmacs(
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ParamCount:
-    """``train``: every parameter of the model as built; ``inference``: after ``deploy()``."""
+    """Parameter counts of one model.
+
+    * ``train``: every parameter of the model as built (auxiliary heads, SSA teacher).
+    * ``inference``: after ``deploy()`` (no auxiliary heads, no teacher).
+    * ``readme``: as built, less the classifier's train-only modules: auxiliary heads
+      included, SSA teacher projections excluded. The SSA-Seg README's counts follow this
+      convention (spec §15.4 item 5; e.g. UperNet Swin-T 59.94 M + 1.13 M = 61.1 M).
+    """
 
     train: int
     inference: int
+    readme: int
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def params(model: nn.Module) -> ParamCount:
-    """Parameter counts of ``model`` for training and for inference (after ``deploy()``).
+    """Parameter counts of ``model`` for training, inference and the README convention.
 
-    ``deploy()`` runs on a structural copy whose tensors live on the ``meta`` device, so the
+    ``deploy()`` runs on structural copies whose tensors live on the ``meta`` device, so the
     caller's model is untouched and no weight memory is duplicated. A model without
-    ``deploy()`` has ``inference == train``. Both counts include frozen parameters (mmcv counts
-    only ``requires_grad`` ones; every ssaseg model is fully trainable, so they agree).
+    ``deploy()`` has all three counts equal. Frozen parameters are included (mmcv counts only
+    ``requires_grad`` ones; every ssaseg model is fully trainable, so they agree).
     """
-    train = sum(p.numel() for p in model.parameters())
-    if not hasattr(model, "deploy"):
-        return ParamCount(train, train)
-    memo: dict[int, object] = {}
-    for tensor in (*model.parameters(), *model.buffers()):
-        meta = torch.empty_like(tensor, device="meta")
-        memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
-    skeleton = copy.deepcopy(model, memo)
-    skeleton.deploy()
-    return ParamCount(train, sum(p.numel() for p in skeleton.parameters()))
+
+    def deployed(module: nn.Module) -> int:
+        skeleton = meta_copy(module)
+        skeleton.deploy()
+        return _count(skeleton)
+
+    train = _count(model)
+    inference = deployed(model) if hasattr(model, "deploy") else train
+    classifier = getattr(model, "classifier", None)
+    readme = train
+    if isinstance(classifier, nn.Module) and hasattr(classifier, "deploy"):
+        readme = train - _count(classifier) + deployed(classifier)
+    return ParamCount(train, inference, readme)
 
 
-def true_gflops(model: nn.Module, input_shape: Sequence[int] = (1, 3, 512, 512)) -> float:
+def true_gflops(
+    model: nn.Module, input_shape: Sequence[int] = (1, 3, 512, 512), shape_only: bool = True
+) -> float:
     """GFLOPs (2 per multiply-add) of one eval forward, from ``torch.utils.flop_counter``.
 
     Counts every matmul/bmm/convolution/attention kernel dispatched by the forward, including
     SSA's gathers and cosine classifier; element-wise work is not counted. Batch-1 figure:
-    the total is divided by ``input_shape[0]``.
+    the total is divided by ``input_shape[0]``. ``shape_only`` as in :func:`mmcv_gmacs`.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with _EvalMode(model), torch.inference_mode():
-        x = _dummy_input(model, input_shape)
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model(x)
-    return counter.get_total_flops() / input_shape[0] / 1e9
+    counters: list[FlopCounterMode] = []
+
+    def fresh_counter() -> FlopCounterMode:
+        counters.append(FlopCounterMode(display=False))
+        return counters[-1]
+
+    _forward_counted(model, input_shape, shape_only, fresh_counter)
+    return counters[-1].get_total_flops() / input_shape[0] / 1e9
 
 
 def _sync(device: torch.device) -> None:
@@ -392,8 +470,7 @@ def reference_figure(name: str, classifier: str) -> PaperFigure | None:
 class BenchmarkRow:
     model: str
     classifier: str
-    params_train: int | None = None
-    params_inference: int | None = None
+    params: ParamCount | None = None
     gmacs: float | None = None
     true_gflops: float | None = None
     latency_ms: float | None = None
@@ -415,8 +492,7 @@ def benchmark_model(
     dev = torch.device(device) if device is not None else _default_device()
     row = BenchmarkRow(name, classifier)
     model = create_model(name, num_classes=num_classes, classifier=classifier)
-    counts = params(model)
-    row.params_train, row.params_inference = counts.train, counts.inference
+    row.params = params(model)
     model.deploy()
     model.to(dev)
     shape = (1, 3, size, size)
@@ -472,28 +548,30 @@ def format_rows(rows: list[BenchmarkRow], compare: bool, fmt: str, device: str) 
         f"latency ms ({device})",
     ]
     if compare:
-        header += ["paper params (M)", "Δ params", "paper GFLOPs", "Δ GMACs", "paper latency ms"]
+        # README-convention params: aux heads in, SSA teacher out (see ParamCount.readme).
+        header += ["params README conv. (M)", "paper params (M)", "Δ params", "paper GFLOPs", "Δ GMACs", "paper latency ms"]
     body = []
     for r in rows:
         if r.error is not None:
             cells = [r.model, r.classifier, f"error: {r.error}"] + [""] * (len(header) - 3)
             body.append(cells)
             continue
-        p_inf = None if r.params_inference is None else r.params_inference / 1e6
         cells = [
             r.model,
             r.classifier,
-            _num(None if r.params_train is None else r.params_train / 1e6, ".2f"),
-            _num(p_inf, ".2f"),
+            _num(r.params and r.params.train / 1e6, ".2f"),
+            _num(r.params and r.params.inference / 1e6, ".2f"),
             _num(r.gmacs, ".2f"),
             _num(r.true_gflops, ".2f"),
             _num(r.latency_ms, ".1f"),
         ]
         if compare:
             ref = reference_figure(r.model, r.classifier)
+            p_readme = r.params and r.params.readme / 1e6
             cells += [
+                _num(p_readme, ".2f"),
                 _num(ref and ref.params_m, ".2f"),
-                _pct(p_inf, ref and ref.params_m),
+                _pct(p_readme, ref and ref.params_m),
                 _num(ref and ref.gflops, ".2f"),
                 _pct(r.gmacs, ref and ref.gflops),
                 _num(ref and ref.latency_ms, ".1f"),
