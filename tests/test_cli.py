@@ -42,6 +42,7 @@ def test_train_test_predict(tmp_path, tiny_cfg, capsys):
     assert run(["train", str(tiny_cfg), "--work-dir", str(work), "--no-progress", "--device", "cpu"]) == 0
     ckpt = work / "iter_2.pth"
     assert ckpt.is_file() and (work / "config.yaml").is_file() and (work / "log.jsonl").is_file()
+    assert list((work / "tb").glob("events.out.tfevents.*"))  # TensorBoard scalars
     # a tiny validation split keeps `test` fast: point val_split at a 3-image copy
     from ssaseg.data.demo import ensure_demo_dataset
 
@@ -111,3 +112,6 @@ def test_module_entry_point_and_help():
     assert proc.returncode == 0
     for cmd in ("train", "test", "predict", "demo", "prepare", "benchmark"):
         assert cmd in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "ssaseg", "train", "/no/such.yaml"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "/no/such.yaml" in proc.stderr

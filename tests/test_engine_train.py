@@ -119,3 +119,9 @@ def test_corrupt_image_error_names_the_file(tmp_path):
                      schedule={"max_iters": 2})
     with pytest.raises(ValueError, match="img1.jpg"):
         train(cfg, progress=False, tensorboard=False)
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    cfg = toy_config(str(tmp_path), schedule={"max_iters": 2}, train={"amp": "bf16", "checkpoint_interval": 0})
+    res = _run(cfg)
+    assert all(np.isfinite(r["loss"]) for r in res.history)

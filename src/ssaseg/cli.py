@@ -99,6 +99,21 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _delegated(sub, name: str, help_text: str, func) -> None:
+    """A subcommand whose arguments belong to another module, imported only when it is used."""
+    sub.add_parser(name, help=help_text, add_help=False).set_defaults(func=func)
+
+
+def _delegated_parser(command: str) -> argparse.ArgumentParser:
+    import importlib
+
+    modules = {"prepare": "ssaseg.data.prepare", "benchmark": "ssaseg.complexity"}
+    sub = argparse.ArgumentParser(prog=f"ssaseg {command}")
+    importlib.import_module(modules[command]).add_arguments(sub)
+    sub.set_defaults(func=_cmd_prepare if command == "prepare" else _cmd_benchmark, command=command)
+    return sub
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssaseg", description="SSA-Seg semantic segmentation in PyTorch")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -138,23 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("prepare", help="convert / check a dataset (see ssaseg prepare -h)")
-    try:
-        from .data import prepare as _prepare
-
-        _prepare.add_arguments(p)
-    except ImportError:  # the data preparation module is optional at parser-build time
-        p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_prepare)
-
-    p = sub.add_parser("benchmark", help="parameters, FLOPs and latency of a model")
-    try:
-        from . import complexity as _complexity
-
-        _complexity.add_arguments(p)
-    except ImportError:
-        p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_benchmark)
+    _delegated(sub, "prepare", "convert / check a dataset (see ssaseg prepare -h)", _cmd_prepare)
+    _delegated(sub, "benchmark", "parameters, FLOPs and latency of a model (see ssaseg benchmark -h)", _cmd_benchmark)
     return parser
 
 
@@ -171,8 +171,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit code (2 for user errors)."""
     from .config import ConfigError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else None
+    if command in ("prepare", "benchmark"):
+        # Their arguments live in ssaseg.data.prepare / ssaseg.complexity: import only when used.
+        args = _delegated_parser(command).parse_args(argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError) as err:
