@@ -237,9 +237,9 @@ class MSCAN(nn.Module):
     def load_pretrained(self, path: str | os.PathLike) -> None:
         """Load published backbone weights (see :func:`checkpoint_filter_fn` for the accepted
         layouts) strictly; a misfit raises ``ValueError`` naming the file and the keys."""
-        from ..checkpoints import load_state_dict_checked, read_state_dict
+        from ..checkpoints import load_backbone_weights, read_state_dict
 
-        load_state_dict_checked(self, checkpoint_filter_fn(read_state_dict(path), self), path, strict=True)
+        load_backbone_weights(self, checkpoint_filter_fn(read_state_dict(path), self), path)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outs = []
