@@ -35,7 +35,6 @@ import math
 import os
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 

@@ -26,7 +26,6 @@ official legacy buffers ``attention_biases`` / ``attention_bias_idxs`` are not c
 """
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import re

@@ -18,6 +18,10 @@ GN, 66,048 parameters; spec §14 Q19): 2,937,906 + 66,048 = 3,003,954 (3.0 M) an
 3,241,522 + 66,048 = 3,307,570 (3.3 M). ssaseg does not build that module; the ``afformer``
 key converter below drops its ``decode_head.align.*`` keys from official checkpoints.
 
+GMACs at 512x512 (:func:`ssaseg.complexity.mmcv_gmacs`, mmcv 1.x convention): 4.32 baseline,
+4.37 +SSA (paper: 4.4). All AFFormer norms are plain BatchNorm / GroupNorm officially, so
+mmcv counts them there too.
+
 Published backbone weights are listed apart from the architecture in
 :data:`PRETRAINED_BACKBONES`; nothing is downloaded: pass the local file as ``backbone_weights``.
 """
