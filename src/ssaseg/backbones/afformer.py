@@ -417,9 +417,9 @@ class AFFormer(nn.Module):
     def load_pretrained(self, path: str | os.PathLike) -> None:
         """Load published weights (see :func:`checkpoint_filter_fn`) strictly; a misfit raises
         ``ValueError`` naming the file and the keys."""
-        from ..checkpoints import load_state_dict_checked, read_state_dict
+        from ..checkpoints import load_backbone_weights, read_state_dict
 
-        load_state_dict_checked(self, checkpoint_filter_fn(read_state_dict(path), self), path, strict=True)
+        load_backbone_weights(self, checkpoint_filter_fn(read_state_dict(path), self), path)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.stem(images)

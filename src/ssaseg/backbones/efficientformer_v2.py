@@ -40,6 +40,7 @@ __all__ = [
     "efficientformerv2_s2_feat",
     "efficientformerv2_l_feat",
     "checkpoint_filter_fn",
+    "KEEP_INITIAL",
     "is_timm_layout",
     "EFFICIENTFORMER_V2_ARCHS",
 ]
@@ -373,11 +374,12 @@ class EfficientFormerV2(nn.Module):
         self.strides = [4, 8, 16, 32]
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Load published weights (see :func:`checkpoint_filter_fn`) strictly; a misfit raises
-        ``ValueError`` naming the file and the keys."""
-        from ..checkpoints import load_state_dict_checked, read_state_dict
+        """Load published weights (see :func:`checkpoint_filter_fn`) strictly, except that the
+        ``attention_biases_seg`` absent from ImageNet files keep their initial values (zeros);
+        a misfit raises ``ValueError`` naming the file and the keys."""
+        from ..checkpoints import load_backbone_weights, read_state_dict
 
-        load_state_dict_checked(self, checkpoint_filter_fn(read_state_dict(path), self), path, strict=True)
+        load_backbone_weights(self, checkpoint_filter_fn(read_state_dict(path), self), path, keep_initial=KEEP_INITIAL)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.patch_embed(images)
@@ -409,6 +411,8 @@ def efficientformerv2_l_feat(**kwargs) -> EfficientFormerV2:
 #: the classifier (``norm``, ``head``, ``dist_head``) and the 224-px attention-bias tables (the
 #: seg variant learns new ``attention_biases_seg`` from zero, as CGRSeg does), plus the index
 #: buffers that official CGRSeg / SSA-Seg segmentor checkpoints carry (recomputed here).
+#: parameters an ImageNet checkpoint does not provide (they start at zero, as in CGRSeg).
+KEEP_INITIAL = r".*\.attention_biases_seg"
 _SNAP_DROPPED_PREFIXES = ("norm.", "head.", "dist_head.", "head_dist.")
 _SNAP_DROPPED_SUFFIXES = (".attention_biases", ".attention_bias_idxs", ".attention_bias_idxs_seg")
 
@@ -483,8 +487,9 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: EfficientFormerV2
     ``efficientformerv2_{s2,l}.snap_dist_in1k`` files (renamed by :func:`is_timm_layout` /
     ``_from_timm``). A ``backbone.`` prefix, the classifier and the ImageNet attention-bias
     tables are dropped (CGRSeg loads them non-strictly and never uses them; timm also orders
-    them differently). When ``model`` is given, the ``attention_biases_seg`` that ImageNet
-    files lack are taken from it (zeros at construction), so the result loads strictly.
+    them differently). ImageNet files have no ``attention_biases_seg``: load with
+    ``keep_initial=KEEP_INITIAL`` (as :meth:`EfficientFormerV2.load_pretrained` does). ``model``
+    is accepted for timm-style signature symmetry.
     """
     state_dict = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state_dict.items()}
     if is_timm_layout(state_dict):
@@ -494,8 +499,4 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: EfficientFormerV2
         for k, v in state_dict.items()
         if not k.startswith(_SNAP_DROPPED_PREFIXES) and not k.endswith(_SNAP_DROPPED_SUFFIXES)
     }
-    if model is not None:
-        for key, value in model.state_dict().items():
-            if key.endswith("attention_biases_seg"):
-                out.setdefault(key, value)
     return out
