@@ -269,6 +269,58 @@ def test_official_mit_converter_roundtrip(tmp_path):
         MixVisionTransformer(8, (2, 2, 1, 1)).load_pretrained(mm_path)
 
 
+def nvlabs_mit_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, heads, srs, patch_sizes=(7, 3, 3, 3)):
+    """The original NVlabs MiT forward, written functionally from its state-dict layout
+    (separate q and kv Linears, explicit softmax attention, Linear MLP with a depthwise conv)."""
+    import torch.nn.functional as F
+
+    def ln(t, name):
+        return F.layer_norm(t, t.shape[-1:], sd[name + ".weight"], sd[name + ".bias"], eps=1e-6)
+
+    def lin(t, name):
+        return F.linear(t, sd[name + ".weight"], sd[name + ".bias"])
+
+    outs = []
+    for s, (nh, sr, k) in enumerate(zip(heads, srs, patch_sizes), start=1):
+        w = sd[f"patch_embed{s}.proj.weight"]
+        x = F.conv2d(x, w, sd[f"patch_embed{s}.proj.bias"], stride=4 if s == 1 else 2, padding=k // 2)
+        B, C, H, W = x.shape
+        x = ln(x.flatten(2).transpose(1, 2), f"patch_embed{s}.norm")
+        j = 0
+        while f"block{s}.{j}.norm1.weight" in sd:
+            p = f"block{s}.{j}."
+            t = ln(x, p + "norm1")
+            q = lin(t, p + "attn.q").reshape(B, -1, nh, C // nh).transpose(1, 2)
+            kv_in = t
+            if sr > 1:
+                kv_in = F.conv2d(t.transpose(1, 2).reshape(B, C, H, W), sd[p + "attn.sr.weight"], sd[p + "attn.sr.bias"], stride=sr)
+                kv_in = ln(kv_in.flatten(2).transpose(1, 2), p + "attn.norm")
+            kv = lin(kv_in, p + "attn.kv").reshape(B, -1, 2, nh, C // nh).permute(2, 0, 3, 1, 4)
+            attn = ((q @ kv[0].transpose(-2, -1)) * (C // nh) ** -0.5).softmax(-1)
+            x = x + lin((attn @ kv[1]).transpose(1, 2).reshape(B, -1, C), p + "attn.proj")
+            h = lin(ln(x, p + "norm2"), p + "mlp.fc1")
+            h = F.conv2d(h.transpose(1, 2).reshape(B, -1, H, W), sd[p + "mlp.dwconv.dwconv.weight"],
+                         sd[p + "mlp.dwconv.dwconv.bias"], padding=1, groups=h.shape[-1])
+            x = x + lin(F.gelu(h.flatten(2).transpose(1, 2)), p + "mlp.fc2")
+            j += 1
+        x = ln(x, f"norm{s}").transpose(1, 2).reshape(B, C, H, W)
+        outs.append(x)
+    return outs
+
+
+def test_converted_official_mit_computes_the_nvlabs_function():
+    """Guards the q/kv -> in_proj packing and the head split against the original semantics."""
+    torch.manual_seed(0)
+    official = to_official_mit(MixVisionTransformer(8, (1, 2, 1, 1), num_heads=(1, 2, 5, 8)).state_dict())
+    official = {k: v + 0.05 * torch.randn_like(v) for k, v in official.items()}  # break symmetric inits
+    model = MixVisionTransformer(8, (1, 2, 1, 1), num_heads=(1, 2, 5, 8)).eval()
+    model.load_state_dict(convert_official_mit(official))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for ours, ref in zip(model(x), nvlabs_mit_forward(official, x, (1, 2, 5, 8), (8, 4, 2, 1))):
+            torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+
+
 def test_mscan_published_layout_loads(tmp_path):
     torch.manual_seed(0)
     src = MSCAN((8, 16, 32, 32), (1, 1, 1, 1), (8, 8, 4, 4)).eval()
@@ -391,3 +443,34 @@ def test_bf16_autocast_finite(name: str):
             out = model(images)
     assert torch.isfinite(out).all() and out.shape == (2, K, 64, 64)
     assert math.isfinite(float(losses["loss"].detach()))
+
+
+# ---------------------------------------------------------------------------------------------
+# configs
+
+
+def test_paper_configs():
+    from pathlib import Path
+
+    from ssaseg.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    paths = sorted((root / "segnext").glob("*.yaml")) + sorted((root / "segformer").glob("*.yaml"))
+    assert len(paths) == 18
+    for path in paths:
+        cfg = load_config(path)
+        model, data, stem = cfg["model"], cfg["data"], path.stem
+        parts = stem.split("_")  # e.g. segnext_t_512x512_160k_ade20k_ssa
+        arch, (crop, iters, dataset, classifier) = "_".join(parts[:2]), parts[2:]
+        assert (model["name"], model["classifier"]) == (arch, classifier), path
+        assert model["num_classes"] == {"ade20k": 150, "coco10k": 171, "pc59": 59}[dataset], path
+        assert data["train_pipeline"]["crop_size"] == [int(crop[:3])] * 2 and data["batch_size"] == 4, path
+        assert cfg["schedule"]["max_iters"] == int(iters[:-1]) * 1000 and cfg["schedule"]["warmup_iters"] == 1500
+        assert data["repeat"] == (50 if arch.startswith("segnext") else 1), path
+        assert cfg["optimizer"]["lr"] == 6e-5 and cfg["optimizer"]["weight_decay"] == 0.01
+        assert cfg["optimizer"]["param_rules"] == {
+            "decoder": {"lr_mult": 10.0}, "classifier": {"lr_mult": 10.0}, "norm": {"decay_mult": 0.0}
+        }
+        # the config's architecture kwargs are accepted by the entry point
+        tiny_kwargs = TINY["segnext_t" if arch.startswith("segnext") else "segformer_b0"]
+        create_model(arch, model["num_classes"], classifier, **{**tiny_kwargs, **model["kwargs"]})
