@@ -470,8 +470,13 @@ def reference_figure(name: str, classifier: str) -> PaperFigure | None:
 class BenchmarkRow:
     model: str
     classifier: str
+    #: C, the width of the feature map the classifier reads (``decoder.channels``).
+    channels: int | None = None
     params: ParamCount | None = None
     gmacs: float | None = None
+    #: the part of ``gmacs`` spent in ``nn.BatchNorm2d``: mmseg configs build most of those as
+    #: SyncBN, which mmcv does not count, so published figures usually exclude it.
+    gmacs_batchnorm: float | None = None
     true_gflops: float | None = None
     latency_ms: float | None = None
     error: str | None = None
@@ -493,10 +498,15 @@ def benchmark_model(
     row = BenchmarkRow(name, classifier)
     model = create_model(name, num_classes=num_classes, classifier=classifier)
     row.params = params(model)
+    row.channels = getattr(getattr(model, "decoder", None), "channels", None)
     model.deploy()
     model.to(dev)
     shape = (1, 3, size, size)
-    row.gmacs = mmcv_gmacs(model, shape)
+    per_module = mmcv_macs_by_module(model, shape)
+    row.gmacs = sum(per_module.values()) / 1e9
+    row.gmacs_batchnorm = (
+        sum(v for k, v in per_module.items() if type(model.get_submodule(k)) is nn.BatchNorm2d) / 1e9
+    )
     row.true_gflops = true_gflops(model, shape)
     if latency:
         row.latency_ms = latency_ms(model, shape, runs=runs, warmup=min(5, runs))
