@@ -34,6 +34,7 @@ from ..checkpoints import StateDict, register_key_converter
 from ..decoders.afformer_head import AFFormerDecoder
 from ..models import register_model
 from ..segmentor import Segmentor, build_segmentor
+from ._common import arch_config
 
 #: ImageNet-1k AFFormer weights used by the SSA-Seg configs (layout = this backbone's).
 PRETRAINED_BACKBONES: dict[str, dict[str, str]] = {
@@ -88,10 +89,7 @@ def afformer_b(num_classes: int, classifier: str = "ssa", classifier_kwargs: dic
 
     Returns a :class:`~ssaseg.segmentor.Segmentor`; F is ``(B, channels, H/8, W/8)``.
     """
-    unknown = sorted(set(kwargs) - set(_DEFAULTS))
-    if unknown:
-        raise TypeError(f"afformer_b() got unexpected arguments {unknown}; accepted: {sorted(_DEFAULTS)}")
-    cfg = {**_DEFAULTS, **kwargs}
+    cfg = arch_config("afformer_b", _DEFAULTS, kwargs)
     backbone = AFFormer(
         embed_dims=tuple(cfg["embed_dims"]),
         num_layers=tuple(cfg["num_layers"]),

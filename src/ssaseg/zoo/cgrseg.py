@@ -50,6 +50,7 @@ from ..checkpoints import StateDict, register_key_converter
 from ..decoders.cgr import CGRClassifier, CGRDecoder
 from ..models import register_model
 from ..segmentor import Segmentor, build_segmentor
+from ._common import arch_config
 
 _SNAP = "https://github.com/snap-research/EfficientFormer (EfficientFormerV2 ImageNet-1k, 450 epochs)"
 
@@ -109,11 +110,8 @@ def convert_cgrseg_official(state_dict: StateDict) -> StateDict:
 
 
 def _build(variant: str, num_classes: int, classifier: str, classifier_kwargs: dict | None, overrides: dict) -> Segmentor:
-    accepted = (set(_DEFAULTS) | set(_ARCHS[variant])) - {"backbone"}
-    unknown = sorted(set(overrides) - accepted)
-    if unknown:
-        raise TypeError(f"{variant}() got unexpected arguments {unknown}; accepted: {sorted(accepted)}")
-    cfg = {**_DEFAULTS, **_ARCHS[variant], **overrides}
+    # "backbone" names the EfficientFormerV2 table entry of the variant; it is not a kwarg.
+    cfg = arch_config(variant, _DEFAULTS, overrides, _ARCHS[variant], fixed=("backbone",))
     arch = EFFICIENTFORMER_V2_ARCHS[cfg["backbone"]]
     backbone = EfficientFormerV2(
         arch["widths"],

@@ -21,7 +21,8 @@ from ..backbones.resnet import ResNetV1c, convert_resnet_mmseg
 from ..checkpoints import StateDict, register_key_converter
 from ..decoders.fcn import FCNDecoder
 from ..models import register_model
-from ..segmentor import Segmentor, build_segmentor, fcn_aux_head
+from ..segmentor import Segmentor, build_segmentor
+from ._common import arch_config, fcn_aux_heads
 
 PRETRAINED_BACKBONES: dict[str, dict[str, str]] = {
     "fcn_r101_d8": {
@@ -65,10 +66,7 @@ def fcn_r101_d8(num_classes: int, classifier: str = "ssa", classifier_kwargs: di
     Returns a :class:`~ssaseg.segmentor.Segmentor`; F is the FCNHead's ``conv_cat`` output
     (C 512) at stride 8.
     """
-    unknown = sorted(set(kwargs) - set(_DEFAULTS))
-    if unknown:
-        raise TypeError(f"fcn_r101_d8() got unexpected arguments {unknown}; accepted: {sorted(_DEFAULTS)}")
-    cfg = {**_DEFAULTS, **kwargs}
+    cfg = arch_config("fcn_r101_d8", _DEFAULTS, kwargs)
     backbone = ResNetV1c(cfg["depth"], cfg["output_stride"], cfg["drop_path_rate"])
     if cfg["backbone_weights"] is not None:
         backbone.load_pretrained(cfg["backbone_weights"])
@@ -76,11 +74,7 @@ def fcn_r101_d8(num_classes: int, classifier: str = "ssa", classifier_kwargs: di
         backbone.out_channels[3], cfg["channels"], in_index=3, num_convs=cfg["num_convs"], kernel_size=3,
         concat_input=cfg["concat_input"], norm=cfg["head_norm"], align_corners=cfg["align_corners"],
     )
-    aux = (
-        [fcn_aux_head(backbone.out_channels[2], num_classes, in_index=2, channels=cfg["aux_channels"],
-                      loss_weight=cfg["aux_loss_weight"])]
-        if cfg["aux"] else []
-    )
+    aux = fcn_aux_heads(backbone, num_classes, cfg)
     return build_segmentor(
         backbone, decoder, num_classes, classifier, classifier_kwargs, aux_heads=aux,
         dropout=cfg["dropout"], align_corners=cfg["align_corners"],

@@ -18,6 +18,7 @@ from ..backbones.mit import MixVisionTransformer
 from ..decoders.segformer import SegformerDecoder
 from ..models import register_model
 from ..segmentor import Segmentor, build_segmentor
+from ._common import arch_config
 
 _MMSEG_PRETRAIN = "https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/segformer/"
 _HASHES = {"b0": "7e0fe6dd", "b1": "02e5a6a1", "b2": "66e8bf70", "b3": "13b1141c", "b4": "d588d980", "b5": "658746d9"}
@@ -63,11 +64,7 @@ _DEFAULTS: dict[str, Any] = dict(
 
 
 def _build(variant: str, num_classes: int, classifier: str, classifier_kwargs: dict | None, overrides: dict) -> Segmentor:
-    cfg = {**_DEFAULTS, **_ARCHS[variant]}
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise TypeError(f"{variant}() got unexpected arguments {unknown}; accepted: {sorted(cfg)}")
-    cfg.update(overrides)
+    cfg = arch_config(variant, _DEFAULTS, overrides, _ARCHS[variant])
     backbone = MixVisionTransformer(
         embed_dims=cfg["embed_dims"],
         num_layers=cfg["depths"],

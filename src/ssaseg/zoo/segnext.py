@@ -18,6 +18,7 @@ from ..backbones.mscan import MSCAN
 from ..decoders.ham import LightHamDecoder
 from ..models import register_model
 from ..segmentor import Segmentor, build_segmentor
+from ._common import arch_config
 
 _MMSEG_PRETRAIN = "https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/segnext/"
 
@@ -60,11 +61,7 @@ _DEFAULTS: dict[str, Any] = dict(
 
 
 def _build(variant: str, num_classes: int, classifier: str, classifier_kwargs: dict | None, overrides: dict) -> Segmentor:
-    cfg = {**_DEFAULTS, **_ARCHS[variant]}
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise TypeError(f"{variant}() got unexpected arguments {unknown}; accepted: {sorted(cfg)}")
-    cfg.update(overrides)
+    cfg = arch_config(variant, _DEFAULTS, overrides, _ARCHS[variant])
     embed_dims = list(cfg["embed_dims"])
     backbone = MSCAN(
         embed_dims=embed_dims,

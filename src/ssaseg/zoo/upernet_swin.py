@@ -24,9 +24,9 @@ from typing import Any
 
 from ..backbones.swin import SwinTransformer
 from ..checkpoints import StateDict, register_key_converter
-from ..decoders.uper import UPerDecoder
 from ..models import register_model
-from ..segmentor import Segmentor, build_segmentor, fcn_aux_head
+from ..segmentor import Segmentor
+from ._common import arch_config, upernet_segmentor
 
 _MMSEG_PRETRAIN = "https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/swin/"
 
@@ -70,11 +70,7 @@ _DEFAULTS: dict[str, Any] = dict(
 
 
 def _build(variant: str, num_classes: int, classifier: str, classifier_kwargs: dict | None, overrides: dict) -> Segmentor:
-    cfg = {**_DEFAULTS, **_ARCHS[variant]}
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise TypeError(f"{variant}() got unexpected arguments {unknown}; accepted: {sorted(cfg)}")
-    cfg.update(overrides)
+    cfg = arch_config(variant, _DEFAULTS, overrides, _ARCHS[variant])
     backbone = SwinTransformer(
         embed_dims=cfg["embed_dims"], depths=cfg["depths"], num_heads=cfg["num_heads"],
         window_size=cfg["window_size"], mlp_ratio=cfg["mlp_ratio"], qkv_bias=cfg["qkv_bias"],
@@ -83,19 +79,7 @@ def _build(variant: str, num_classes: int, classifier: str, classifier_kwargs: d
     )
     if cfg["backbone_weights"] is not None:
         backbone.load_pretrained(cfg["backbone_weights"])
-    decoder = UPerDecoder(
-        backbone.out_channels, cfg["channels"], pool_scales=cfg["pool_scales"], norm=cfg["head_norm"],
-        align_corners=cfg["align_corners"],
-    )
-    aux = (
-        [fcn_aux_head(backbone.out_channels[2], num_classes, in_index=2, channels=cfg["aux_channels"],
-                      loss_weight=cfg["aux_loss_weight"])]
-        if cfg["aux"] else []
-    )
-    return build_segmentor(
-        backbone, decoder, num_classes, classifier, classifier_kwargs, aux_heads=aux,
-        dropout=cfg["dropout"], align_corners=cfg["align_corners"],
-    )
+    return upernet_segmentor(backbone, num_classes, classifier, classifier_kwargs, cfg)
 
 
 @register_key_converter("upernet_swin")

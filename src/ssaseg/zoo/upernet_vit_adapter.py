@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..backbones.vit_adapter import ViTAdapter
-from ..decoders.uper import UPerDecoder
 from ..models import register_model
-from ..segmentor import Segmentor, build_segmentor, fcn_aux_head
+from ..segmentor import Segmentor
+from ._common import arch_config, upernet_segmentor
 
 #: The AugReg ViT-L/16 (ImageNet-21k, fine-tuned on ImageNet-1k at 384) named by the configs,
 #: in timm layout as released by the ViT-Adapter project.
@@ -92,23 +92,8 @@ def upernet_vit_adapter_l(
     Returns a :class:`~ssaseg.segmentor.Segmentor`; F is the UPerHead ``fpn_bottleneck`` output
     (C 512) at stride 4. Inputs must be multiples of 32.
     """
-    unknown = sorted(set(kwargs) - set(_DEFAULTS))
-    if unknown:
-        raise TypeError(f"upernet_vit_adapter_l() got unexpected arguments {unknown}; accepted: {sorted(_DEFAULTS)}")
-    cfg = {**_DEFAULTS, **kwargs}
+    cfg = arch_config("upernet_vit_adapter_l", _DEFAULTS, kwargs)
     backbone = ViTAdapter(**{k: cfg[k] for k in _BACKBONE_ARGS})
     if cfg["backbone_weights"] is not None:
         backbone.load_pretrained(cfg["backbone_weights"])
-    decoder = UPerDecoder(
-        backbone.out_channels, cfg["channels"], pool_scales=cfg["pool_scales"], norm=cfg["head_norm"],
-        align_corners=cfg["align_corners"],
-    )
-    aux = (
-        [fcn_aux_head(backbone.out_channels[2], num_classes, in_index=2, channels=cfg["aux_channels"],
-                      loss_weight=cfg["aux_loss_weight"])]
-        if cfg["aux"] else []
-    )
-    return build_segmentor(
-        backbone, decoder, num_classes, classifier, classifier_kwargs, aux_heads=aux,
-        dropout=cfg["dropout"], align_corners=cfg["align_corners"],
-    )
+    return upernet_segmentor(backbone, num_classes, classifier, classifier_kwargs, cfg)
