@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 ifdef UV
 	uv venv --system-certs --allow-existing -q $(VENV) --python $(PYTHON)
-	uv pip install --system-certs -q -p $(PY) -e ".[dev]"
+	uv pip install --system-certs --compile-bytecode -q -p $(PY) -e ".[dev]"
 else
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
