@@ -409,3 +409,22 @@ def test_segformer_b5_matches_mmcv_and_paper():
     ssa = _zoo_model("segformer_b5", "ssa")
     assert params(ssa).inference / 1e6 == pytest.approx(82.3, abs=0.05)
     assert mmcv_gmacs(ssa) == pytest.approx(52.6, abs=0.05)
+
+
+def test_agrees_with_mmcv_when_installed():
+    """Cross-check against the real counter (mmcv 1.7.2 agrees to the MAC on every ssaseg
+    model; mmcv is not a dependency, so this runs only where it is installed)."""
+    flops_counter = pytest.importorskip("mmcv.cnn.utils.flops_counter")
+    model = Uncounted()
+    model.extra = nn.Sequential(
+        nn.BatchNorm2d(3), nn.ReLU6(), nn.MaxPool2d(2), nn.Upsample(scale_factor=2), nn.ConvTranspose2d(3, 3, 2, 2)
+    )
+    model.forward = lambda x, m=model: Uncounted.forward(m, F.avg_pool2d(m.extra(x), 2))
+    shape = (2, 3, 8, 12)
+    counted = flops_counter.add_flops_counting_methods(model)
+    counted.start_flops_count()
+    with torch.no_grad():
+        counted(torch.randn(shape))
+    reference, _ = counted.compute_average_flops_cost()
+    counted.stop_flops_count()
+    assert macs(model, shape) == reference
