@@ -5,7 +5,10 @@ checkpoints map onto ssaseg modules without renaming.
 """
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
+from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 _ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "gelu": nn.GELU, "hswish": nn.Hardswish}
@@ -65,3 +68,35 @@ def resize(x: Tensor, size: tuple[int, int] | list[int], align_corners: bool = F
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
+def init_weights_(
+    m: nn.Module,
+    *,
+    linear: bool = True,
+    norms: tuple[type[nn.Module], ...] = (nn.LayerNorm,),
+    convs: tuple[type[nn.Module], ...] = (nn.Conv2d,),
+) -> None:
+    """From-scratch init of one module with the rules mmseg's / timm's backbones share.
+
+    * ``nn.Linear`` (when ``linear``): weight ~ trunc-normal(std 0.02), bias 0;
+    * instances of ``norms``: weight 1, bias 0;
+    * instances of ``convs``: weight ~ N(0, sqrt(2 / fan_out)), ``fan_out = k_h * k_w * out / groups``
+      (integer division, as the references), bias 0.
+
+    Any other module is left as it is. The caller picks the traversal (``model.apply`` is
+    post-order, ``model.modules()`` pre-order); it fixes the order of the random draws, so each
+    backbone keeps the one it had.
+    """
+    if linear and isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, norms):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, convs):
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

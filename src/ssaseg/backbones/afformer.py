@@ -31,14 +31,13 @@ repeats shared modules; ``parameters()`` counts them once). All norms are plain
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch import Tensor, nn
 
-from ..layers import ConvModule, resize
+from ..layers import ConvModule, init_weights_, resize
 
 __all__ = ["AFFormer", "afformer_base_backbone", "checkpoint_filter_fn"]
 
@@ -400,19 +399,9 @@ class AFFormer(nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        """The official ``_init_weights`` (used when training without ImageNet weights)."""
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        """The official ``_init_weights`` (used when training without ImageNet weights): the
+        shared rules, with BatchNorm reset to 1/0 as LayerNorm."""
+        init_weights_(m, norms=(nn.LayerNorm, nn.BatchNorm2d))
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
         """Load published weights (see :func:`checkpoint_filter_fn`) strictly; a misfit raises

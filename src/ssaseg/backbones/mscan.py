@@ -12,13 +12,14 @@ arithmetic is identical). Only the per-stage LayerNorm needs channels-last.
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 
 import torch
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch import Tensor, nn
+
+from ..layers import init_weights_
 
 #: Published ImageNet weights of MSCAN are classification checkpoints; their classifier is not
 #: part of the segmentation backbone.
@@ -221,18 +222,7 @@ class MSCAN(nn.Module):
     def init_weights(self) -> None:
         """mmseg's from-scratch init: trunc-normal Linear, fan-out normal Conv2d, unit LayerNorm."""
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+            init_weights_(m)
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
         """Load published backbone weights (see :func:`checkpoint_filter_fn` for the accepted

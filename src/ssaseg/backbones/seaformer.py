@@ -22,6 +22,7 @@ from timm.layers import DropPath, make_divisible
 from torch import Tensor, nn
 
 from ..checkpoints import StateDict, load_state_dict_checked, read_state_dict
+from ..layers import init_weights_
 
 #: Keys of the ImageNet classifier in the published classification checkpoints.
 CLASSIFICATION_HEAD_PREFIXES = ("linear.",)
@@ -287,14 +288,7 @@ class SeaFormer(nn.Module):
         the attention projections to 1; the positional embeddings keep their N(0, 1) init.
         """
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            init_weights_(m, linear=False, norms=(nn.BatchNorm2d,))
 
     def forward(self, images: Tensor) -> list[Tensor]:
         outputs = []

@@ -27,11 +27,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse
 from torch import Tensor, nn
 
 from ..checkpoints import load_backbone_weights
+from ..layers import init_weights_
 
 StateDict = dict[str, Tensor]
 
@@ -281,14 +282,9 @@ class SwinTransformer(nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        # mmseg's from-scratch init (used before the pretrained weights are loaded).
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        # mmseg's from-scratch init (used before the pretrained weights are loaded): Linear and
+        # LayerNorm only; the convs keep PyTorch's default init.
+        init_weights_(m, convs=())
 
     def forward(self, images: Tensor) -> list[Tensor]:
         if images.ndim != 4 or images.shape[1] != self.in_channels:

@@ -11,7 +11,6 @@ configs) by name.
 """
 from __future__ import annotations
 
-import math
 import os
 from functools import partial
 from typing import Sequence
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from .ms_deform_attn import MSDeformAttn
 from ..checkpoints import load_backbone_weights
+from ..layers import init_weights_
 
 _LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -388,22 +388,10 @@ class ViTAdapter(nn.Module):
 
 
 def _init_linear(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
+    """timm's ViT init: Linear and LayerNorm only (the patch-embedding conv keeps its default)."""
+    init_weights_(m, convs=())
 
 
 def _init_adapter(m: nn.Module) -> None:
-    _init_linear(m)
-    if isinstance(m, nn.BatchNorm2d):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+    """The adapter's init: the shared rules plus BatchNorm 1/0 and transposed convs."""
+    init_weights_(m, norms=(nn.LayerNorm, nn.BatchNorm2d), convs=(nn.Conv2d, nn.ConvTranspose2d))
