@@ -213,6 +213,28 @@ def test_shape_only_equals_real_forward():
     assert true_gflops(model, shape) == true_gflops(model, shape, shape_only=False)
 
 
+def test_tensors_cached_during_the_fake_forward_are_undone():
+    class Caching(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.register_buffer("table", torch.ones(4))
+            self.cache = torch.zeros(4)
+
+        def forward(self, x):
+            self.cache = self.conv.weight.flatten()[:4] * 2  # eval-time cache, as some backbones do
+            self.table = self.table + 1
+            self.scratch = x.mean()
+            return self.conv(x) + self.cache[:, None, None] + self.table[:, None, None]
+
+    model = Caching()
+    macs(model, (1, 3, 4, 4))
+    true_gflops(model, (1, 3, 4, 4))
+    assert torch.equal(model.cache, torch.zeros(4)) and torch.equal(model.table, torch.ones(4))
+    assert not hasattr(model, "scratch")
+    assert model(torch.zeros(1, 3, 4, 4)).shape == (1, 4, 4, 4)  # real forward still works
+
+
 def test_counter_restores_the_model():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
     model.train()

@@ -218,12 +218,31 @@ def _forward_counted(
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         try:
-            with FakeTensorMode(allow_non_fake_inputs=True):
+            with _no_fake_leftovers(model), FakeTensorMode(allow_non_fake_inputs=True):
                 forward(values=False)
             return
         except (RuntimeError, NotImplementedError, TypeError):
             pass
     forward(values=True)
+
+
+@contextlib.contextmanager
+def _no_fake_leftovers(model: nn.Module):
+    """Undo what a fake forward stored on the model: a module that caches a tensor in eval
+    mode (an attention-bias table, a resized positional embedding) would otherwise keep a
+    data-less FakeTensor and break the next real forward."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    stores = [(d, dict(d)) for m in model.modules() for d in (m.__dict__, m._buffers, m._parameters)]
+    try:
+        yield
+    finally:
+        for store, before in stores:
+            for key in [k for k, v in store.items() if isinstance(v, FakeTensor)]:
+                if key in before:
+                    store[key] = before[key]
+                else:
+                    del store[key]
 
 
 def mmcv_macs_by_module(
