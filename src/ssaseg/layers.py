@@ -63,6 +63,16 @@ class ConvModule(nn.Sequential):
             self.activate = _ACTIVATIONS[act](inplace=True) if act != "gelu" else nn.GELU()
 
 
+def tokens_to_map(x: Tensor, hw: tuple[int, int] | list[int]) -> Tensor:
+    """Token sequence ``x (B, H*W, C)`` -> feature map ``(B, C, H, W)`` for ``hw = (H, W)``."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], hw[0], hw[1])
+
+
+def map_to_tokens(x: Tensor) -> Tensor:
+    """Feature map ``x (B, C, H, W)`` -> token sequence ``(B, H*W, C)`` (row-major positions)."""
+    return x.flatten(2).transpose(1, 2)
+
+
 def resize(x: Tensor, size: tuple[int, int] | list[int], align_corners: bool = False) -> Tensor:
     """Bilinear resize of ``x (B, C, H, W)`` to ``size``; a no-op when the size already matches."""
     if tuple(x.shape[-2:]) == tuple(size):

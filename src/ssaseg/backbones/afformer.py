@@ -37,7 +37,7 @@ import torch
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from ..layers import ConvModule, init_weights_, resize
+from ..layers import ConvModule, init_weights_, map_to_tokens, resize, tokens_to_map
 
 __all__ = ["AFFormer", "afformer_base_backbone", "checkpoint_filter_fn"]
 
@@ -103,9 +103,8 @@ class ConvPosEnc(nn.Module):
         self.proj = nn.Conv2d(dim, dim, k, 1, k // 2, groups=dim)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        b, n, c = x.shape
-        feat = x.transpose(1, 2).reshape(b, c, *size)
-        return (self.proj(feat) + feat).flatten(2).transpose(1, 2)
+        feat = tokens_to_map(x, size)
+        return map_to_tokens(self.proj(feat) + feat)
 
 
 class LowPassModule(nn.Module):
@@ -192,8 +191,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        b, n, c = x.shape
-        return self.dwconv(x.transpose(1, 2).reshape(b, c, *size)).flatten(2).transpose(1, 2)
+        return map_to_tokens(self.dwconv(tokens_to_map(x, size)))
 
 
 class Mlp(nn.Module):
@@ -266,11 +264,11 @@ class MHCAEncoder(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        tokens = x.flatten(2).transpose(1, 2)
+        size = (x.shape[2], x.shape[3])
+        tokens = map_to_tokens(x)
         for layer in self.MHCA_layers:
-            tokens = layer(tokens, (h, w))
-        return tokens.transpose(1, 2).reshape(b, c, h, w)
+            tokens = layer(tokens, size)
+        return tokens_to_map(tokens, size)
 
 
 class Restore(nn.Module):

@@ -26,17 +26,12 @@ import torch
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from ..layers import init_weights_
+from ..layers import init_weights_, map_to_tokens, tokens_to_map
 
 
 def _layer_norm(dim: int) -> nn.LayerNorm:
     # mmseg's MixVisionTransformer default norm_cfg is LN with eps 1e-6 (as NVlabs' SegFormer).
     return nn.LayerNorm(dim, eps=1e-6)
-
-
-def _tokens_to_map(x: Tensor, hw: tuple[int, int]) -> Tensor:
-    """``(B, N, C) -> (B, C, H, W)``."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], hw[0], hw[1])
 
 
 class PatchEmbed(nn.Module):
@@ -53,7 +48,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         x = self.projection(x)
         hw = (x.shape[2], x.shape[3])
-        return self.norm(x.flatten(2).transpose(1, 2)), hw
+        return self.norm(map_to_tokens(x)), hw
 
 
 class EfficientMultiheadAttention(nn.Module):
@@ -85,7 +80,7 @@ class EfficientMultiheadAttention(nn.Module):
     def forward(self, x: Tensor, hw: tuple[int, int], identity: Tensor) -> Tensor:
         x_kv = x
         if self.sr_ratio > 1:
-            x_kv = self.norm(self.sr(_tokens_to_map(x, hw)).flatten(2).transpose(1, 2))
+            x_kv = self.norm(map_to_tokens(self.sr(tokens_to_map(x, hw))))
         # nn.MultiheadAttention is sequence-first here, as in mmseg (batch_first=False also keeps
         # it off the fused "fast path", which torch.onnx/torch.compile handle less well);
         # need_weights=False lets it use scaled_dot_product_attention.
@@ -113,7 +108,7 @@ class MixFFN(nn.Module):
         self.dropout_layer = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, hw: tuple[int, int], identity: Tensor) -> Tensor:
-        out = self.layers(_tokens_to_map(x, hw)).flatten(2).transpose(1, 2)
+        out = map_to_tokens(self.layers(tokens_to_map(x, hw)))
         return identity + self.dropout_layer(out)
 
 
@@ -226,7 +221,7 @@ class MixVisionTransformer(nn.Module):
             x, hw = patch_embed(x)
             for blk in blocks:
                 x = blk(x, hw)
-            x = _tokens_to_map(norm(x), hw)
+            x = tokens_to_map(norm(x), hw)
             outs.append(x)
         return outs
 

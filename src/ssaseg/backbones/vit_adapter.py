@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .ms_deform_attn import MSDeformAttn
 from ..checkpoints import load_backbone_weights
-from ..layers import init_weights_
+from ..layers import init_weights_, map_to_tokens, tokens_to_map
 
 _LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -60,11 +60,8 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
 
     def forward(self, x: Tensor, shapes: Sequence[tuple[int, int]]) -> Tensor:
-        b, _, c = x.shape
         parts = x.split([h * w for h, w in shapes], dim=1)
-        outs = [
-            self.dwconv(p.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2) for p, (h, w) in zip(parts, shapes)
-        ]
+        outs = [map_to_tokens(self.dwconv(tokens_to_map(p, hw))) for p, hw in zip(parts, shapes)]
         return torch.cat(outs, dim=1)
 
 
@@ -214,7 +211,7 @@ class SpatialPriorModule(nn.Module):
         c2 = self.conv2(c1)
         c3 = self.conv3(c2)
         c4 = self.conv4(c3)
-        tokens = [fc(c).flatten(2).transpose(1, 2) for fc, c in ((self.fc2, c2), (self.fc3, c3), (self.fc4, c4))]
+        tokens = [map_to_tokens(fc(c)) for fc, c in ((self.fc2, c2), (self.fc3, c3), (self.fc4, c4))]
         return (self.fc1(c1), *tokens)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -336,7 +333,7 @@ class ViTAdapter(nn.Module):
         g = self.pretrain_grid
         grid = self.pos_embed[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
         grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
-        return grid.flatten(2).transpose(1, 2)
+        return map_to_tokens(grid)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         if images.ndim != 4 or images.shape[1] != self.in_channels:
@@ -353,14 +350,13 @@ class ViTAdapter(nn.Module):
         c = torch.cat([c2 + self.level_embed[0], c3 + self.level_embed[1], c4 + self.level_embed[2]], dim=1)
 
         x = self.pos_drop(self.patch_embed(images) + self._pos_embed(h, w))
-        b, _, dim = x.shape
         outs = []
         for interaction, (first, last) in zip(self.interactions, self.interaction_indexes):
             x, c = interaction(x, c, self.blocks[first:last + 1], ref_x, ref_c, (h, w), spm_shapes, self.with_cp)
-            outs.append(x.transpose(1, 2).reshape(b, dim, h, w))
+            outs.append(tokens_to_map(x, (h, w)))
 
         c2, c3, c4 = c.split([sh * sw for sh, sw in spm_shapes], dim=1)
-        c2, c3, c4 = (t.transpose(1, 2).reshape(b, dim, sh, sw) for t, (sh, sw) in zip((c2, c3, c4), spm_shapes))
+        c2, c3, c4 = (tokens_to_map(t, shape) for t, shape in zip((c2, c3, c4), spm_shapes))
         c1 = self.up(c2) + c1
         if self.add_vit_feature:
             x1, x2, x3, x4 = outs
