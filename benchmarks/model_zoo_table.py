@@ -32,6 +32,9 @@ from ssaseg.complexity import (
     BenchmarkRow,
     benchmark_model,
     device_label,
+    fmt_delta as pct,
+    fmt_number as num,
+    markdown_table as md_table,
     reference_convention_gmacs,
 )
 
@@ -77,22 +80,6 @@ def git_commit() -> str:
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def pct(ours: float | None, ref: float | None) -> str:
-    if ours is None or ref is None or ref == 0:
-        return "–"
-    return f"{100.0 * (ours - ref) / ref:+.1f}%"
-
-
-def num(value: float | None, fmt: str = ".2f") -> str:
-    return "–" if value is None else format(value, fmt)
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def measure(names: list[str], latency: bool, runs: int, device: torch.device) -> dict[tuple[str, str], BenchmarkRow]:

@@ -41,7 +41,10 @@ __all__ = [
     "add_arguments",
     "benchmark_model",
     "device_label",
+    "fmt_delta",
+    "fmt_number",
     "format_rows",
+    "markdown_table",
     "latency_ms",
     "meta_copy",
     "mmcv_gmacs",
@@ -577,14 +580,24 @@ def device_label(device: torch.device | str | None = None) -> str:
     return f"CPU {cpu}, {torch.get_num_threads()} threads"
 
 
-def _pct(ours: float | None, ref: float | None) -> str:
+def fmt_delta(ours: float | None, ref: float | None) -> str:
+    """Relative difference of ``ours`` to ``ref`` as ``"+1.2%"`` (``"–"`` when unknown)."""
     if ours is None or ref is None or ref == 0:
         return "–"
-    return f"{100.0 * (ours - ref) / ref:+.1f}%"
+    delta = 100.0 * (ours - ref) / ref
+    return "±0.0%" if abs(delta) < 0.05 else f"{delta:+.1f}%"
 
 
-def _num(value: float | None, fmt: str) -> str:
-    return "–" if value is None else format(value, fmt)
+def fmt_number(value: float | None, spec: str = ".2f") -> str:
+    """``format(value, spec)``, or ``"–"`` for a missing value."""
+    return "–" if value is None else format(value, spec)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
 
 
 def format_rows(rows: list[BenchmarkRow], compare: bool, fmt: str, device: str) -> str:
@@ -619,30 +632,28 @@ def format_rows(rows: list[BenchmarkRow], compare: bool, fmt: str, device: str) 
         cells = [
             r.model,
             r.classifier,
-            _num(r.params and r.params.train / 1e6, ".2f"),
-            _num(r.params and r.params.inference / 1e6, ".2f"),
-            _num(r.gmacs, ".2f"),
-            _num(r.true_gflops, ".2f"),
-            _num(r.latency_ms, ".1f"),
+            fmt_number(r.params and r.params.train / 1e6, ".2f"),
+            fmt_number(r.params and r.params.inference / 1e6, ".2f"),
+            fmt_number(r.gmacs, ".2f"),
+            fmt_number(r.true_gflops, ".2f"),
+            fmt_number(r.latency_ms, ".1f"),
         ]
         if compare:
             ref = reference_figure(r.model, r.classifier)
             p_readme = r.params and r.params.readme / 1e6
             ref_gmacs = reference_convention_gmacs(r, ref)
             cells += [
-                _num(p_readme, ".2f"),
-                _num(ref and ref.params_m, ".2f"),
-                _pct(p_readme, ref and ref.params_m),
-                _num(ref_gmacs, ".2f"),
-                _num(ref and ref.gflops, ".2f"),
-                _pct(ref_gmacs, ref and ref.gflops),
-                _num(ref and ref.latency_ms, ".1f"),
+                fmt_number(p_readme, ".2f"),
+                fmt_number(ref and ref.params_m, ".2f"),
+                fmt_delta(p_readme, ref and ref.params_m),
+                fmt_number(ref_gmacs, ".2f"),
+                fmt_number(ref and ref.gflops, ".2f"),
+                fmt_delta(ref_gmacs, ref and ref.gflops),
+                fmt_number(ref and ref.latency_ms, ".1f"),
             ]
         body.append(cells)
     if fmt == "md":
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines)
+        return markdown_table(header, body)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
