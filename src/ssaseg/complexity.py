@@ -512,6 +512,11 @@ def reference_convention_gmacs(row: "BenchmarkRow", ref: PaperFigure | None) -> 
 # --------------------------------------------------------------------------------------------
 @dataclass
 class BenchmarkRow:
+    """Every complexity figure of one (model, classifier) pair; ``error`` when it failed.
+
+    GMACs / GFLOPs are per 1x3xHxW image; ``latency_ms`` is ``None`` when not measured.
+    """
+
     model: str
     classifier: str
     #: C, the width of the feature map the classifier reads (``decoder.channels``).
