@@ -6,7 +6,9 @@ checkpoints map onto ssaseg modules without renaming.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
@@ -78,6 +80,13 @@ def resize(x: Tensor, size: tuple[int, int] | list[int], align_corners: bool = F
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
+def resize_concat(features: Sequence[Tensor], align_corners: bool = False) -> Tensor:
+    """Resize every map ``(B, C_i, H_i, W_i)`` to the first one's size (bilinear) and concatenate
+    them: ``(B, sum C_i, H_0, W_0)`` (mmseg's ``input_transform="resize_concat"``)."""
+    size = features[0].shape[-2:]
+    return torch.cat([resize(f, size, align_corners) for f in features], dim=1)
 
 
 def init_weights_(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..layers import ConvModule, resize
+from ..layers import ConvModule, resize_concat
 
 
 class FCNDecoder(nn.Module):
@@ -56,9 +56,7 @@ class FCNDecoder(nn.Module):
 
     def _select(self, features: list[Tensor]) -> Tensor:
         if isinstance(self.in_index, list):
-            picked = [features[i] for i in self.in_index]
-            size = picked[0].shape[-2:]
-            return torch.cat([resize(f, size, self.align_corners) for f in picked], dim=1)
+            return resize_concat([features[i] for i in self.in_index], self.align_corners)
         return features[self.in_index]
 
     def forward(self, features: list[Tensor]) -> Tensor:

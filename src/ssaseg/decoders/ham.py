@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import ConvModule, resize
+from ..layers import ConvModule, resize_concat
 
 
 class NMF2D(nn.Module):
@@ -183,7 +183,5 @@ class LightHamDecoder(nn.Module):
         return self.hamburger.ham
 
     def forward(self, features: list[Tensor]) -> Tensor:
-        picked = [features[i] for i in self.in_index]
-        size = picked[0].shape[-2:]
-        x = torch.cat([resize(f, size, self.align_corners) for f in picked], dim=1)
+        x = resize_concat([features[i] for i in self.in_index], self.align_corners)
         return self.align(self.hamburger(self.squeeze(x)))

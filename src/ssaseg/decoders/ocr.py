@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import ConvModule, resize
+from ..layers import ConvModule, resize_concat
 
 
 class SpatialGatherModule(nn.Module):
@@ -108,9 +108,8 @@ class OCRDecoder(nn.Module):
         self.object_context_block = ObjectAttentionBlock(channels, ocr_channels, norm=norm)
 
     def forward(self, features: list[Tensor], prev_logits: Tensor) -> Tensor:
-        picked = [features[i] for i in self.in_index]
-        size = picked[0].shape[-2:]
-        x = torch.cat([resize(f, size, self.align_corners) for f in picked], dim=1)
+        x = resize_concat([features[i] for i in self.in_index], self.align_corners)
+        size = x.shape[-2:]
         if prev_logits.shape[-2:] != size:
             raise ValueError(
                 f"OCRDecoder: prev_logits are {tuple(prev_logits.shape[-2:])} but the features are "

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
-from ..layers import ConvModule, resize
+from ..layers import ConvModule, resize_concat
 
 
 class SegformerDecoder(nn.Module):
@@ -45,7 +44,6 @@ class SegformerDecoder(nn.Module):
         self.fusion_conv = ConvModule(channels * len(in_channels), channels, 1, norm=norm)
 
     def forward(self, features: list[Tensor]) -> Tensor:
-        picked = [features[i] for i in self.in_index]
-        size = picked[0].shape[-2:]
-        outs = [resize(conv(f), size, self.align_corners) for conv, f in zip(self.convs, picked)]
-        return self.fusion_conv(torch.cat(outs, dim=1))
+        # The 1x1 convs keep each level's size, so the first level's size is the target.
+        outs = [conv(features[i]) for conv, i in zip(self.convs, self.in_index)]
+        return self.fusion_conv(resize_concat(outs, self.align_corners))

@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..layers import ConvModule, resize
+from ..layers import ConvModule, resize, resize_concat
 
 
 class PPM(nn.ModuleList):
@@ -87,6 +87,4 @@ class UPerDecoder(nn.Module):
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + resize(laterals[i], laterals[i - 1].shape[-2:], self.align_corners)
         outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals[:-1])] + [laterals[-1]]
-        size = outs[0].shape[-2:]
-        outs = [outs[0]] + [resize(o, size, self.align_corners) for o in outs[1:]]
-        return self.fpn_bottleneck(torch.cat(outs, dim=1))
+        return self.fpn_bottleneck(resize_concat(outs, self.align_corners))
