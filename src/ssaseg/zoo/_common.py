@@ -15,6 +15,16 @@ from torch import nn
 from ..decoders.uper import UPerDecoder
 from ..segmentor import AuxHead, Segmentor, build_segmentor, fcn_aux_head
 
+#: mmseg's FCN auxiliary head (``FCNHead`` on level 2, 256 channels, CE x0.4): the settings
+#: :func:`fcn_aux_heads` reads.
+FCN_AUX_DEFAULTS: dict[str, Any] = dict(aux=True, aux_channels=256, aux_loss_weight=0.4)
+
+#: mmseg's UperNet head (``UPerHead`` C 512, pool scales 1,2,3,6, BN; dropout 0.1 before the
+#: classifier) with the FCN auxiliary head: the settings :func:`upernet_segmentor` reads.
+UPERNET_DEFAULTS: dict[str, Any] = dict(
+    channels=512, pool_scales=(1, 2, 3, 6), head_norm="bn", dropout=0.1, **FCN_AUX_DEFAULTS, align_corners=False
+)
+
 
 def arch_config(
     variant: str,

@@ -22,7 +22,7 @@ from ..checkpoints import StateDict, register_key_converter
 from ..decoders.fcn import FCNDecoder
 from ..models import register_model
 from ..segmentor import Segmentor, build_segmentor
-from ._common import arch_config, fcn_aux_heads
+from ._common import FCN_AUX_DEFAULTS, arch_config, fcn_aux_heads
 
 PRETRAINED_BACKBONES: dict[str, dict[str, str]] = {
     "fcn_r101_d8": {
@@ -42,9 +42,7 @@ _DEFAULTS: dict[str, Any] = dict(
     concat_input=True,
     head_norm="bn",
     dropout=0.1,
-    aux=True,
-    aux_channels=256,
-    aux_loss_weight=0.4,
+    **FCN_AUX_DEFAULTS,
     align_corners=False,
     backbone_weights=None,
 )

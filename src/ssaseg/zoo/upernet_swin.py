@@ -26,7 +26,7 @@ from ..backbones.swin import SwinTransformer
 from ..checkpoints import StateDict, register_key_converter
 from ..models import register_model
 from ..segmentor import Segmentor
-from ._common import arch_config, upernet_segmentor
+from ._common import UPERNET_DEFAULTS, arch_config, upernet_segmentor
 
 _MMSEG_PRETRAIN = "https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/swin/"
 
@@ -57,14 +57,7 @@ _DEFAULTS: dict[str, Any] = dict(
     attn_drop_rate=0.0,
     drop_path_rate=0.3,
     with_cp=False,
-    channels=512,
-    pool_scales=(1, 2, 3, 6),
-    head_norm="bn",
-    dropout=0.1,
-    aux=True,
-    aux_channels=256,
-    aux_loss_weight=0.4,
-    align_corners=False,
+    **UPERNET_DEFAULTS,
     backbone_weights=None,
 )
 

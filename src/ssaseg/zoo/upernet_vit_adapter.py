@@ -22,7 +22,7 @@ from typing import Any
 from ..backbones.vit_adapter import ViTAdapter
 from ..models import register_model
 from ..segmentor import Segmentor
-from ._common import arch_config, upernet_segmentor
+from ._common import UPERNET_DEFAULTS, arch_config, upernet_segmentor
 
 #: The AugReg ViT-L/16 (ImageNet-21k, fine-tuned on ImageNet-1k at 384) named by the configs,
 #: in timm layout as released by the ViT-Adapter project.
@@ -57,14 +57,7 @@ _DEFAULTS: dict[str, Any] = dict(
     add_vit_feature=True,
     use_extra_extractor=True,
     with_cp=False,
-    channels=512,
-    pool_scales=(1, 2, 3, 6),
-    head_norm="bn",
-    dropout=0.1,
-    aux=True,
-    aux_channels=256,
-    aux_loss_weight=0.4,
-    align_corners=False,
+    **UPERNET_DEFAULTS,
     backbone_weights=None,
 )
 _BACKBONE_ARGS = (
