@@ -37,6 +37,13 @@ def _prototype_mlp(channels: int) -> nn.Sequential:
     )
 
 
+def l2_norm(x: Tensor, dim: int) -> Tensor:
+    """‖x‖₂ along ``dim`` (kept). ``pow-sum-sqrt`` is ~10x faster than ``linalg.vector_norm`` over a
+    strided channel axis on CPU; the clamp keeps the gradient of an all-zero vector at 0 (as
+    ``vector_norm`` defines it) instead of NaN, and is far below the ε added to every norm."""
+    return x.pow(2).sum(dim, keepdim=True).clamp_min(1e-30).sqrt()
+
+
 def _full_precision(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
@@ -130,10 +137,13 @@ class SSAClassifier(nn.Module):
 
     # ------------------------------------------------------------------ building blocks
     def _cosine_logits(self, pixels: Tensor, centers: Tensor) -> Tensor:
-        """τ·cos: pixels X (B,C,N), centers Z (B,K,C) -> (B,K,N)."""
-        x = pixels / (torch.linalg.vector_norm(pixels, dim=1, keepdim=True) + self.eps)
-        z = centers / (torch.linalg.vector_norm(centers, dim=-1, keepdim=True) + self.eps)
-        return self.tau * (z @ x)
+        """τ·cos: pixels X (B,C,N), centers Z (B,K,C) -> (B,K,N).
+
+        Equal to τ · (Z/(‖Z‖+ε)) @ (X/(‖X‖+ε)), but the pixel norms divide the (B,K,N) product
+        instead of the larger (B,C,N) input, and τ is folded into the (B,K,C) centers.
+        """
+        z = centers * (self.tau / (l2_norm(centers, dim=-1) + self.eps))
+        return (z @ pixels) / (l2_norm(pixels, dim=1) + self.eps)
 
     def student(self, feat: Tensor, coarse: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """SEPA + SPPA (spec §3).
