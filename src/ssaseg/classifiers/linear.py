@@ -1,10 +1,9 @@
 """The vanilla pixel classifier: mmseg's ``cls_seg`` (Dropout2d, then a 1x1 conv)."""
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .losses import cross_entropy_all_pixels
+from .losses import reduce_cross_entropy, upsampled_pixel_stats
 
 
 class LinearClassifier(nn.Module):
@@ -48,8 +47,8 @@ class LinearClassifier(nn.Module):
             return logits
         if target is None:
             raise ValueError("LinearClassifier in train mode needs target (B, H, W)")
-        upsampled = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=self.align_corners)
-        ce = cross_entropy_all_pixels(upsampled.float(), target, self.ignore_index)
+        stats = upsampled_pixel_stats(logits.float(), target, self.ignore_index, self.align_corners)
+        ce = reduce_cross_entropy(stats, all_pixels=True)
         return logits, {"ce": self.loss_weight * ce}
 
     def deploy(self) -> "LinearClassifier":

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .boundary import boundary_mask
-from .losses import cross_entropy_all_pixels, cross_entropy_valid_pixels
+from .losses import reduce_cross_entropy, upsampled_pixel_stats
 from .ssa_losses import dice_loss, response_distillation, semantic_distillation, spatial_distillation
 
 #: Weights of the loss terms (spec §5 step 13, §6.6, §6.7).
@@ -237,20 +237,21 @@ class SSAClassifier(nn.Module):
         teacher_logits, teacher_semantic, teacher_spatial = self.teacher(feat, feat_pos, small)
         boundary = boundary_mask(small, self.border, self.dilation)
 
-        def up(x: Tensor) -> Tensor:
-            return F.interpolate(x, size=target.shape[-2:], mode="bilinear", align_corners=self.loss_align_corners)
+        def stats(x: Tensor, with_prob_sum: bool):
+            return upsampled_pixel_stats(
+                x, target, self.ignore_index, self.loss_align_corners, with_prob_sum, self.dice_mask_ignore
+            )
 
-        logits_up, teacher_up, coarse_up = up(logits), up(teacher_logits), up(coarse)
-        main_ce = cross_entropy_all_pixels if self.main_ce_all_pixels else cross_entropy_valid_pixels
+        student, teacher, coarse_stats = stats(logits, True), stats(teacher_logits, True), stats(coarse, False)
         raw = {
-            "ce": main_ce(logits_up, target, self.ignore_index),
-            "ce_coarse": cross_entropy_valid_pixels(coarse_up, target, self.ignore_index),
-            "ce_teacher": cross_entropy_valid_pixels(teacher_up, target, self.ignore_index),
+            "ce": reduce_cross_entropy(student, all_pixels=self.main_ce_all_pixels),
+            "ce_coarse": reduce_cross_entropy(coarse_stats, all_pixels=False),
+            "ce_teacher": reduce_cross_entropy(teacher, all_pixels=False),
             "kd_response": response_distillation(
                 logits, teacher_logits.detach(), small, boundary, self.smoothness, self.ignore_index, self.eps
             ),
-            "dice": dice_loss(logits_up, target, self.ignore_index, self.dice_mask_ignore),
-            "dice_teacher": dice_loss(teacher_up, target, self.ignore_index, self.dice_mask_ignore),
+            "dice": dice_loss(student, target),
+            "dice_teacher": dice_loss(teacher, target),
             "kd_semantic": semantic_distillation(semantic_proto, teacher_semantic.detach(), self.tau, self.eps),
             "kd_spatial": spatial_distillation(spatial_proto, teacher_spatial.detach()),
         }

@@ -10,6 +10,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from .losses import PixelStats
+
 
 def per_class_sums(values: Tensor, labels: Tensor, num_classes: int, ignore_index: int) -> Tensor:
     """Sum ``values`` over the pixels of each class.
@@ -76,31 +78,28 @@ def _distributed_mean_count(count: Tensor) -> Tensor:
     return count.clamp_min(1.0)
 
 
-def dice_loss(logits: Tensor, labels: Tensor, ignore_index: int = 255, mask_ignore: bool = False) -> Tensor:
+def dice_loss(stats: PixelStats, labels: Tensor) -> Tensor:
     """Sigmoid dice over the (image, class) masks present in ``labels`` (spec §6.5).
 
     Args:
-        logits: (B, K, H, W) at label resolution.
+        stats: :func:`~ssaseg.classifiers.losses.upsampled_pixel_stats` of the logits at label
+            resolution, with ``prob_sum`` (ignored pixels counted as negatives, faithful, or left
+            out with ``mask_ignore``, spec Q9).
         labels: (B, H, W) long.
-        mask_ignore: the reference counts ignored pixels as negatives (False, faithful); True
-            leaves them out of the prediction sum (spec Q9 fix).
     Returns:
         Scalar: Σ_(b,k present) [1 - (2 Σ s·t + 1) / (Σ s + Σ t + 1)] / max(1, #masks).
     """
-    batch, num_classes = logits.shape[:2]
-    valid = labels != ignore_index
-    target = torch.where(valid, labels, 0)
-    prob = torch.sigmoid(logits)
-    prob_sum = (prob * valid[:, None]).sum((2, 3)) if mask_ignore else prob.sum((2, 3))
+    batch, num_classes = stats.prob_sum.shape
+    valid = stats.valid
     # Σ s·t: the probability of each pixel's own class, summed per (image, class).
-    own_prob = prob.gather(1, target[:, None])[:, 0] * valid
+    own_prob = torch.sigmoid(stats.own_logit) * valid
     index = torch.where(valid, labels, num_classes).flatten(1)
     inter = own_prob.new_zeros(batch, num_classes + 1).scatter_add_(1, index, own_prob.flatten(1))[:, :num_classes]
-    count = own_prob.new_zeros(batch, num_classes + 1).scatter_add_(1, index, valid.flatten(1).to(prob.dtype))[
+    count = own_prob.new_zeros(batch, num_classes + 1).scatter_add_(1, index, valid.flatten(1).to(own_prob.dtype))[
         :, :num_classes
     ]
-    present = (count > 0).to(prob.dtype)
-    dice = 1.0 - (2.0 * inter + 1.0) / (prob_sum + count + 1.0)
+    present = (count > 0).to(own_prob.dtype)
+    dice = 1.0 - (2.0 * inter + 1.0) / (stats.prob_sum + count + 1.0)
     return (dice * present).sum() / _distributed_mean_count(present.sum())
 
 
