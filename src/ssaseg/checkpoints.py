@@ -108,13 +108,11 @@ def convert_official_state_dict(state_dict: StateDict, arch: str | None = None) 
     return out
 
 
-def read_state_dict(
-    path: str | os.PathLike, wrappers: tuple[str, ...] = ("state_dict", "model", "state_dict_ema")
-) -> StateDict:
-    """Read a ``.pth``/``.pt`` (weights only) or ``.safetensors`` file into a flat state dict.
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a ``.pth``/``.pt`` file with ``weights_only=True`` (or a ``.safetensors`` file) into a dict.
 
-    ``wrappers``: keys of nested state dicts, tried in order (SeaFormer's loader puts
-    ``state_dict_ema`` first, as the original does).
+    Raises ``FileNotFoundError`` or ``ValueError`` naming the file when it is missing, corrupt,
+    holds arbitrary pickled objects, or is not a dict.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -128,23 +126,48 @@ def read_state_dict(
     except Exception as err:  # corrupt file or a pickle holding arbitrary objects
         raise ValueError(f"cannot read checkpoint {path}: {err}") from err
     if not isinstance(obj, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state dict")
+        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def unwrap_state_dict(
+    obj: dict, wrappers: tuple[str, ...] = ("state_dict", "model", "state_dict_ema")
+) -> StateDict:
+    """The flat state dict inside a checkpoint dict: the first of ``wrappers`` present, else ``obj``."""
     for wrapper in wrappers:
         if wrapper in obj and isinstance(obj[wrapper], dict):
             return obj[wrapper]
     return obj
 
 
+def read_state_dict(
+    path: str | os.PathLike, wrappers: tuple[str, ...] = ("state_dict", "model", "state_dict_ema")
+) -> StateDict:
+    """Read a checkpoint file (see :func:`read_checkpoint`) into a flat state dict.
+
+    ``wrappers``: keys of nested state dicts, tried in order (SeaFormer's loader puts
+    ``state_dict_ema`` first, as the original does).
+    """
+    return unwrap_state_dict(read_checkpoint(path), wrappers)
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, arch: str | None = None, strict: bool = True) -> None:
-    """Load a full-model checkpoint (ssaseg or official layout) into ``model``.
+    """Load a full-model checkpoint file (ssaseg or official layout) into ``model``.
+
+    See :func:`apply_state_dict`; raises ``ValueError`` naming the file when it does not fit.
+    """
+    apply_state_dict(model, read_state_dict(path), path, arch, strict)
+
+
+def apply_state_dict(
+    model: nn.Module, state: StateDict, source: str | os.PathLike, arch: str | None = None, strict: bool = True
+) -> None:
+    """Load ``state`` (ssaseg or official layout) into ``model``.
 
     ``arch`` selects the architecture's key converter for official checkpoints; by default it is
-    inferred from ``model.model_name`` (set by :func:`ssaseg.create_model`).
-
-    Raises a ``ValueError`` that names the file and lists missing/unexpected/mis-shaped keys when
-    the checkpoint does not fit the model.
+    inferred from ``model.model_name`` (set by :func:`ssaseg.create_model`). ``source`` names the
+    file in the error that lists missing/unexpected/mis-shaped keys.
     """
-    state = read_state_dict(path)
     if any(k.startswith(("decode_head.", "auxiliary_head.", "module.decode_head.")) for k in state):
         if arch is None and getattr(model, "model_name", None):
             from .models import architecture_of
@@ -152,7 +175,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, arch: str | None 
             inferred = architecture_of(model.model_name)
             arch = inferred if has_key_converter(inferred) else None
         state = convert_official_state_dict(state, arch)
-    load_state_dict_checked(model, state, path, strict)
+    load_state_dict_checked(model, state, source, strict)
 
 
 def load_state_dict_checked(

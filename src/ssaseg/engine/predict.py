@@ -24,27 +24,22 @@ def load_model_for_inference(
 
     Returns ``(model in eval mode on device, config, meta {"classes", "palette"})``.
     """
-    from ..checkpoints import load_checkpoint
+    from ..checkpoints import apply_state_dict, read_checkpoint, unwrap_state_dict
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+    ckpt = read_checkpoint(path)
     if cfg is None:
-        cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
+        cfg = ckpt.get("config")
         if not isinstance(cfg, dict):
             raise ConfigError(
                 f"checkpoint {path} carries no config (not written by `ssaseg train`); pass --config CONFIG"
             )
         validate_config(cfg, f"config stored in {path}")
     model = build_model({**cfg, "model": {**cfg["model"], "checkpoint": None, "backbone_weights": None}})
-    load_checkpoint(model, path)
+    apply_state_dict(model, unwrap_state_dict(ckpt), path)
     model.deploy()
     model.eval().to(device)
-    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    meta = ckpt.get("meta")
     if not meta:
         meta = class_meta(None, cfg["model"]["num_classes"])
     return model, cfg, meta

@@ -59,14 +59,10 @@ def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by the trainer (weights only); clear error if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
+    from ..checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    if "model" not in ckpt:
         raise ValueError(f"{path} is not an ssaseg checkpoint (no 'model' entry)")
     return ckpt
 
