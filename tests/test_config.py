@@ -6,7 +6,7 @@ import yaml
 
 from ssaseg.config import DEFAULTS, ConfigError, load_config, merge_config, save_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "ssaseg" / "configs"
 
 
 def write(path: Path, text: str) -> Path:

@@ -454,7 +454,7 @@ def test_paper_configs():
 
     from ssaseg.config import load_config
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = Path(__file__).resolve().parents[1] / "src" / "ssaseg" / "configs"
     paths = sorted((root / "segnext").glob("*.yaml")) + sorted((root / "segformer").glob("*.yaml"))
     assert len(paths) == 18
     for path in paths:

@@ -25,8 +25,8 @@ RUNS = ("linear", "ssa")
 
 
 def find_demo_configs() -> dict[str, Path]:
-    """``configs/demo/segformer_b0_{linear,ssa}.yaml`` next to the source tree, or under the cwd."""
-    candidates = [Path(__file__).resolve().parents[3] / "configs" / "demo", Path.cwd() / "configs" / "demo"]
+    """``configs/demo/segformer_b0_{linear,ssa}.yaml`` shipped inside the package."""
+    candidates = [Path(__file__).resolve().parents[1] / "configs" / "demo"]
     for folder in candidates:
         files = {run: folder / f"segformer_b0_{run}.yaml" for run in RUNS}
         if all(p.is_file() for p in files.values()):
@@ -34,7 +34,7 @@ def find_demo_configs() -> dict[str, Path]:
     raise ConfigError(
         "demo configs not found (looked for configs/demo/segformer_b0_{linear,ssa}.yaml in "
         + " and ".join(str(c) for c in candidates)
-        + "); run `ssaseg demo` from the ssaseg repository root"
+        + "); the installed package is incomplete, reinstall ssaseg"
     )
 
 
