@@ -37,9 +37,9 @@ __all__ = [
     "to_tensor",
 ]
 
+from .meta import IMAGENET_MEAN, IMAGENET_STD
+
 IGNORE_INDEX = 255
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 def _global_rng() -> np.random.RandomState:
