@@ -12,7 +12,7 @@ import yaml
 
 from ..tables import render_table
 from .schema import ExperimentConfig, LayerDecay, ParamRule
-from .validation import _hints, field_type
+from .validation import field_types, field_type
 
 __all__ = ["SCHEMA_PATH", "render_schema_doc", "write_schema_doc"]
 
@@ -98,12 +98,12 @@ def _doc(cls: type) -> str:
 def _section_table(cls: type, prefix: str, defaults: dict) -> str:
     rows = []
     for f in dataclasses.fields(cls):
-        inner, nullable = field_type(_hints(cls)[f.name])
+        inner, nullable = field_type(field_types(cls)[f.name])
         if dataclasses.is_dataclass(inner) and not nullable:
             continue  # a nested section gets its own table
         default = "(none)" if f.name not in defaults else f"`{_inline(defaults[f.name])}`"
         doc = f.metadata["doc"].replace("``", "`")
-        rows.append([f"`{prefix}{f.name}`", _type_name(_hints(cls)[f.name]), default, _allowed(f), doc])
+        rows.append([f"`{prefix}{f.name}`", _type_name(field_types(cls)[f.name]), default, _allowed(f), doc])
     header = ["key", "type", "default", "allowed", "meaning"]
     return render_table(header, rows)
 
@@ -114,7 +114,7 @@ def _sections(cls: type, defaults: dict, prefix: str = "") -> list[str]:
         doc = _doc(cls)
         parts += [f"## `{prefix.rstrip('.')}`", "", doc, "", _section_table(cls, prefix, defaults), ""]
     for f in dataclasses.fields(cls):
-        inner, nullable = field_type(_hints(cls)[f.name])
+        inner, nullable = field_type(field_types(cls)[f.name])
         if dataclasses.is_dataclass(inner) and not nullable:
             parts += _sections(inner, defaults[f.name], f"{prefix}{f.name}.")
     return parts

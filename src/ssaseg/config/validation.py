@@ -14,7 +14,16 @@ from typing import Any, Iterable, Union
 
 from .schema import ExperimentConfig
 
-__all__ = ["ConfigError", "validate_tree", "validate_config", "suggest", "required_keys", "field_type", "type_text"]
+__all__ = [
+    "ConfigError",
+    "field_type",
+    "field_types",
+    "required_keys",
+    "suggest",
+    "type_text",
+    "validate_config",
+    "validate_tree",
+]
 
 
 class ConfigError(ValueError):
@@ -27,7 +36,8 @@ _LIST_NAMES = {bool: "a list of booleans", int: "a list of integers", float: "a 
 
 
 @functools.lru_cache(maxsize=None)
-def _hints(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
+    """``{field name: resolved annotation}`` of a schema dataclass (cached)."""
     return typing.get_type_hints(cls)
 
 
@@ -70,7 +80,7 @@ def suggest(name: str, candidates: Iterable[str]) -> str:
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
     keys = []
-    for name, tp in _hints(cls).items():
+    for name, tp in field_types(cls).items():
         keys.append(prefix + name)
         inner, _ = field_type(tp)
         if dataclasses.is_dataclass(inner):
@@ -82,7 +92,7 @@ def required_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
     """Dotted keys marked ``required`` (they must be non-null in a config used for a run)."""
     out = []
     for f in dataclasses.fields(cls):
-        inner, nullable = field_type(_hints(cls)[f.name])
+        inner, nullable = field_type(field_types(cls)[f.name])
         if f.metadata.get("required"):
             out.append(prefix + f.name)
         elif dataclasses.is_dataclass(inner) and not nullable:
@@ -171,7 +181,7 @@ def validate_tree(tree: dict, source: str, cls: type = ExperimentConfig, prefix:
     ``_delete_`` is accepted in every mapping below the root (it steers ``_base_`` merging).
     """
     fields = _fields(cls)
-    hints = _hints(cls)
+    hints = field_types(cls)
     for key in list(tree):
         if key == _DELETE and prefix:
             continue
