@@ -222,3 +222,15 @@ def test_schema_doc_is_generated_from_the_schema():
 
     committed = (CONFIGS / "SCHEMA.md").read_text(encoding="utf-8")
     assert committed == render_schema_doc(), "configs/SCHEMA.md is stale: run `python -m ssaseg.config`"
+
+
+def test_schema_doc_command_checks_and_writes(tmp_path, monkeypatch):
+    from ssaseg.config import __main__ as schema_cli
+    from ssaseg.config import docs
+
+    assert schema_cli.main(["--check"]) == 0
+    stale = write(tmp_path / "SCHEMA.md", "old text\n")
+    monkeypatch.setattr(schema_cli, "SCHEMA_PATH", stale)
+    assert schema_cli.main(["--check"]) == 1
+    assert docs.write_schema_doc(stale) is True and docs.write_schema_doc(stale) is False
+    assert stale.read_text(encoding="utf-8") == docs.render_schema_doc()
