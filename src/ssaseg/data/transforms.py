@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 import torch
 
+from .meta import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "IGNORE_INDEX",
     "TrainPipeline",
@@ -36,8 +38,6 @@ __all__ = [
     "resize_to_multiple",
     "to_tensor",
 ]
-
-from .meta import IMAGENET_MEAN, IMAGENET_STD
 
 IGNORE_INDEX = 255
 
