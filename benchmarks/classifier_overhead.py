@@ -1,8 +1,9 @@
-"""Training-step and inference time of the SSA classifier relative to the linear classifier.
+"""Training-step and inference time of every registered classifier relative to the linear one.
 
 Setting (issue: core): B = 2, C = 256, K = 150, 64x64 features, 512x512 labels with 12 classes
-per image and an ignore band. Both classifiers are timed in the same run, interleaved, and the
-median of ``--runs`` repetitions is reported with the ratio SSA / linear.
+per image and an ignore band. All classifiers of ``ssaseg.classifiers.CLASSIFIERS`` are timed in
+the same run, interleaved, and the median of ``--runs`` repetitions is reported with the ratio
+to the linear baseline.
 
     python benchmarks/classifier_overhead.py [--runs 20] [--device cpu|cuda] [--threads N]
 """
@@ -14,7 +15,9 @@ import time
 
 import torch
 
-from ssaseg.classifiers import LinearClassifier, SSAClassifier
+from ssaseg.classifiers import CLASSIFIERS
+from ssaseg.complexity import BASELINE_CLASSIFIER, classifier_order
+from ssaseg.tables import render_table
 
 
 def make_inputs(device: torch.device, batch: int = 2, channels: int = 256, num_classes: int = 150, seed: int = 0):
@@ -54,10 +57,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     feat, labels = make_inputs(device)
-    models = {
-        "linear": LinearClassifier(256, 150).to(device),
-        "ssa": SSAClassifier(256, 150).to(device),
-    }
+    models = {name: CLASSIFIERS[name](256, 150).to(device) for name in classifier_order()}
 
     def train_step(model):
         def run():
@@ -89,11 +89,13 @@ def main() -> None:
 
     threads = torch.get_num_threads()
     print(f"device={device} threads={threads} torch={torch.__version__} runs={args.runs}")
-    print(f"{'phase':<12}{'linear (ms)':>14}{'ssa (ms)':>12}{'ratio':>8}")
+    header, rows = ["phase", "classifier", "median (ms)", f"ratio to {BASELINE_CLASSIFIER}"], []
     for phase in ("train step", "inference"):
-        lin = statistics.median(timings[(phase, "linear")]) * 1e3
-        ssa = statistics.median(timings[(phase, "ssa")]) * 1e3
-        print(f"{phase:<12}{lin:>14.1f}{ssa:>12.1f}{ssa / lin:>7.2f}x")
+        base = statistics.median(timings[(phase, BASELINE_CLASSIFIER)])
+        for name in models:
+            median = statistics.median(timings[(phase, name)])
+            rows.append([phase, name, f"{median * 1e3:.1f}", f"{median / base:.2f}x"])
+    print(render_table(header, rows, fmt="plain", align="llrr"))
 
 
 if __name__ == "__main__":

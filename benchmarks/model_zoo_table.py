@@ -26,7 +26,9 @@ import torch
 
 from ssaseg import list_models
 from ssaseg.complexity import (
+    BASELINE_CLASSIFIER,
     BASELINE_FIGURES,
+    PAPER_CLASSIFIER,
     PAPER_FIGURES,
     ZOO_ORDER,
     BenchmarkRow,
@@ -34,9 +36,9 @@ from ssaseg.complexity import (
     device_label,
     fmt_delta as pct,
     fmt_number as num,
-    markdown_table as md_table,
     reference_convention_gmacs,
 )
+from ssaseg.tables import render_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +87,7 @@ def git_commit() -> str:
 def measure(names: list[str], latency: bool, runs: int, device: torch.device) -> dict[tuple[str, str], BenchmarkRow]:
     rows: dict[tuple[str, str], BenchmarkRow] = {}
     for name in names:
-        for kind in ("ssa", "linear"):
+        for kind in (PAPER_CLASSIFIER, BASELINE_CLASSIFIER):
             start = time.perf_counter()
             try:
                 row = benchmark_model(name, kind, 150, 512, runs, latency, device)
@@ -116,7 +118,7 @@ def ssa_table(names: list[str], rows: dict[tuple[str, str], BenchmarkRow], laten
         header.append(f"latency ms ({latency_label})")
     body = []
     for name in names:
-        paper, row = PAPER_FIGURES.get(name), rows[name, "ssa"]
+        paper, row = PAPER_FIGURES.get(name), rows[name, PAPER_CLASSIFIER]
         if row.error:
             body.append([name, num(paper and paper.params_m), f"error: {row.error}"] + [""] * (len(header) - 3))
             continue
@@ -139,7 +141,7 @@ def ssa_table(names: list[str], rows: dict[tuple[str, str], BenchmarkRow], laten
         if latency_label:
             cells.append(num(row.latency_ms, ".0f"))
         body.append(cells)
-    return md_table(header, body)
+    return render_table(header, body)
 
 
 def baseline_table(names: list[str], rows: dict[tuple[str, str], BenchmarkRow]) -> str:
@@ -156,7 +158,7 @@ def baseline_table(names: list[str], rows: dict[tuple[str, str], BenchmarkRow]) 
     ]
     body = []
     for name in names:
-        row, ref = rows[name, "linear"], BASELINE_FIGURES.get(name)
+        row, ref = rows[name, BASELINE_CLASSIFIER], BASELINE_FIGURES.get(name)
         if row.error:
             body.append([name, f"error: {row.error}"] + [""] * (len(header) - 2))
             continue
@@ -175,7 +177,7 @@ def baseline_table(names: list[str], rows: dict[tuple[str, str], BenchmarkRow]) 
                 num(row.true_gflops, ".1f"),
             ]
         )
-    return md_table(header, body)
+    return render_table(header, body)
 
 
 def overhead_table(names: list[str], rows: dict[tuple[str, str], BenchmarkRow]) -> str:
@@ -190,7 +192,7 @@ def overhead_table(names: list[str], rows: dict[tuple[str, str], BenchmarkRow]) 
     ]
     body = []
     for name in names:
-        ssa, lin = rows[name, "ssa"], rows[name, "linear"]
+        ssa, lin = rows[name, PAPER_CLASSIFIER], rows[name, BASELINE_CLASSIFIER]
         if ssa.error or lin.error:
             continue
         d_mmcv = ssa.gmacs - lin.gmacs
@@ -206,14 +208,14 @@ def overhead_table(names: list[str], rows: dict[tuple[str, str], BenchmarkRow]) 
                 f"{d_true / 2 / d_mmcv:.1f}×" if d_mmcv > 0 else "–",
             ]
         )
-    return md_table(header, body)
+    return render_table(header, body)
 
 
 def notes(names: list[str], rows: dict[tuple[str, str], BenchmarkRow]) -> list[str]:
     out = []
     for name in names:
         note = PAPER_NOTES.get(name)
-        ssa, lin = rows[name, "ssa"], rows[name, "linear"]
+        ssa, lin = rows[name, PAPER_CLASSIFIER], rows[name, BASELINE_CLASSIFIER]
         if note and not ssa.error and not lin.error:
             out.append(f"- `{name}`: " + note(ssa, lin))
     return out

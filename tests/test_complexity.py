@@ -361,7 +361,7 @@ def tiny_registry(monkeypatch):
     monkeypatch.setitem(models._ENTRYPOINTS, "_tiny", _tiny)
     monkeypatch.setattr(models, "list_models", lambda pattern="*": ["_tiny"])
     monkeypatch.setitem(complexity.PAPER_FIGURES, "_tiny", complexity.PaperFigure(0.001, 0.0005, 1.0))
-    monkeypatch.setattr(complexity, "ZOO_ORDER", ("_tiny", "not_landed_yet"))
+    monkeypatch.setattr(complexity.paper, "ZOO_ORDER", ("_tiny", "not_landed_yet"))
 
 
 def cli(*argv: str) -> argparse.Namespace:
@@ -384,6 +384,24 @@ def test_run_all_compares_with_paper(tiny_registry, capsys):
     assert "not_landed_yet" in captured.err
     row = next(line for line in captured.out.splitlines() if line.startswith("_tiny"))
     assert "paper params (M)" in captured.out and "%" in row
+
+
+def test_classifiers_come_from_the_registry(tiny_registry, monkeypatch, capsys):
+    from ssaseg import classifiers
+
+    assert complexity.classifier_order() == ("ssa", "linear")
+    monkeypatch.setitem(classifiers.CLASSIFIERS, "linear2", classifiers.LinearClassifier)
+    assert complexity.classifier_order() == ("ssa", "linear", "linear2")
+    asked = []
+
+    def measure(name, kind, *args):
+        asked.append(kind)
+        return complexity.BenchmarkRow(name, kind)
+
+    monkeypatch.setattr(complexity.benchmark, "benchmark_model", measure)
+    assert complexity.run(cli("_tiny", "--classifier", "both", "--no-latency")) == 0
+    assert asked == ["ssa", "linear", "linear2"]
+    assert cli("_tiny", "--classifier", "linear2").classifier == "linear2"
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from . import meta
 from .io import DataError, load_image, load_label
+from .meta import IMAGE_SUFFIXES
 from .transforms import IGNORE_INDEX, TestPipeline, TrainPipeline
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "custom_palette",
 ]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _SPLIT_ALIASES = (
     ("training", "train", "train2014"),
     ("validation", "val", "test", "test2014"),

@@ -7,6 +7,13 @@ of stray whitespace (mmseg spells ADE20K's class 7 ``'bed '``). Palettes are RGB
 """
 from __future__ import annotations
 
+# Normalisation of every mmseg config (ImageNet statistics, RGB, 0..255 scale).
+IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
+IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+# Image file suffixes read from folders (folder dataset, ``ssaseg predict DIR``), lower case.
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
 # ADE20K SceneParsing (150 classes; label 0 = 'other', removed by reduce_zero_label).
 ADE20K_CLASSES: tuple[str, ...] = (
     'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed', 'windowpane',

@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 import torch
 
+from .meta import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "IGNORE_INDEX",
     "TrainPipeline",
@@ -38,8 +40,6 @@ __all__ = [
 ]
 
 IGNORE_INDEX = 255
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 def _global_rng() -> np.random.RandomState:

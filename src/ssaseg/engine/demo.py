@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, load_config
+from ..tables import render_table
 from .predict import colorize, load_model_for_inference
 from .trainer import TrainResult, train
 
@@ -51,13 +52,6 @@ def _summary_rows(results: dict[str, TrainResult]) -> list[list[str]]:
              f"{res.train_time:.1f}", f"{res.its_per_sec:.2f}"]
         )
     return rows
-
-
-def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|" if markdown else "-" * (sum(widths) + 3 * len(widths) + 1)
-    return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
 def _plot_losses(results: dict[str, TrainResult], path: Path) -> None:
@@ -128,7 +122,7 @@ def _report(results: dict[str, TrainResult], out: Path, build_time: float, total
         f"{cfg['train']['seed']}) on the synthetic 14-class demo dataset; evaluated on its "
         "validation split (single scale, whole image). Same seed, data order and budget for both runs.",
         "",
-        _table(header, rows, markdown=True),
+        render_table(header, rows),
         "",
         f"**{winner}** has the higher mIoU ({_fmt(miou[winner])} vs {_fmt(miou[other])} for {other}). "
         "This is one short run on a toy dataset with one seed: it shows that both classifiers train "
@@ -142,11 +136,11 @@ def _report(results: dict[str, TrainResult], out: Path, build_time: float, total
     ]
     classes = list((results[RUNS[0]].metrics or {}).get("IoU", {}))
     per_class = [[c] + [_fmt((results[r].metrics or {}).get("IoU", {}).get(c)) for r in RUNS] for c in classes]
-    lines += [_table(["class", *RUNS], per_class, markdown=True), ""]
+    lines += [render_table(["class", *RUNS], per_class), ""]
     lines += ["## Figures", "", "![predictions](grid.png)", "", "![loss curves](loss_curves.png)", ""]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
-    return _table(header, rows, markdown=False)
+    return render_table(header, rows, fmt="plain")
 
 
 def run_demo(out_dir: str = "runs/demo", iters: int | None = None, device: str | None = None,

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..tables import render_table
+
 __all__ = ["json_safe", "RunLogger", "read_jsonl", "format_metrics_table"]
 
 
@@ -65,11 +67,7 @@ def format_metrics_table(metrics: dict[str, Any], per_class: bool = True) -> str
 
     lines = []
     if per_class:
-        width = max([len("class")] + [len(n) for n in metrics["IoU"]])
-        lines.append(f"{'class':<{width}} |    IoU |    Acc")
-        lines.append("-" * (width + 18))
-        for name, iou in metrics["IoU"].items():
-            lines.append(f"{name:<{width}} | {pct(iou)} | {pct(metrics['Acc'][name])}")
-        lines.append("")
+        rows = [[name, pct(iou), pct(metrics["Acc"][name])] for name, iou in metrics["IoU"].items()]
+        lines += [render_table(["class", "IoU", "Acc"], rows, fmt="plain", align="lrr"), ""]
     lines.append(f"aAcc {pct(metrics['aAcc'])}  mIoU {pct(metrics['mIoU'])}  mAcc {pct(metrics['mAcc'])}")
     return "\n".join(lines)

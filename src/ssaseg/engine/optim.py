@@ -11,7 +11,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -206,8 +206,3 @@ class PolyLR:
         self.last_iter = int(state["last_iter"])
         if self.last_iter >= 0:
             self.step(self.last_iter)
-
-
-def group_summary(optimizer: torch.optim.Optimizer) -> Iterable[tuple[float, float, int]]:
-    """``(lr_mult, decay_mult, number of tensors)`` per group, for the training log header."""
-    return [(g.get("lr_mult", 1.0), g.get("decay_mult", 1.0), len(g["params"])) for g in optimizer.param_groups]

@@ -1,4 +1,4 @@
-"""Model complexity: parameters, GMACs in the mmcv 1.x convention, true FLOPs and latency.
+"""Model complexity counters: parameters, GMACs in the mmcv 1.x convention, true FLOPs, latency.
 
 Three numbers are reported because they answer different questions:
 
@@ -13,17 +13,13 @@ Three numbers are reported because they answer different questions:
   convolution, SSA's own included, counted as 2 FLOPs per multiply-add. Element-wise work
   (norms, activations, softmax, interpolation) is not counted by it.
 * :func:`latency_ms`: median wall time of the whole-image test forward, batch 1.
-
-:func:`add_arguments` / :func:`run` implement ``ssaseg benchmark``.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import math
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -32,27 +28,12 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "BASELINE_FIGURES",
-    "PAPER_FIGURES",
-    "ZOO_ORDER",
-    "BenchmarkRow",
-    "PaperFigure",
     "ParamCount",
-    "add_arguments",
-    "benchmark_model",
-    "device_label",
-    "fmt_delta",
-    "fmt_number",
-    "format_rows",
-    "markdown_table",
     "latency_ms",
     "meta_copy",
     "mmcv_gmacs",
     "mmcv_macs_by_module",
     "params",
-    "reference_convention_gmacs",
-    "reference_figure",
-    "run",
     "true_gflops",
 ]
 
@@ -444,293 +425,3 @@ def latency_ms(
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return 1000.0 * statistics.median(times)
-
-
-# --------------------------------------------------------------------------------------------
-# Published figures (ADE20K, 512x512)
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PaperFigure:
-    """Published complexity of one model: params (M), "FLOPs" (G, mmcv MACs), latency (ms).
-
-    ``syncbn``: the reference config builds the model's BatchNorms as ``SyncBN``, which mmcv's
-    exact-type table does not count (mmseg's get_flops does not revert SyncBN), so the
-    published figure excludes the BatchNorm MACs that ssaseg's plain BatchNorm2d shows.
-    """
-
-    params_m: float
-    gflops: float
-    latency_ms: float | None = None
-    source: str = "SSA-Seg README, ADE20K 512x512 (+SSA)"
-    syncbn: bool = True
-
-
-#: The SSA-Seg README's +SSA rows (spec §15.1). Latency: mmseg benchmark, GPU unstated.
-PAPER_FIGURES: dict[str, PaperFigure] = {
-    "ocrnet_hrnet_w48": PaperFigure(8.7, 165.0, 69.3),
-    "upernet_swin_t": PaperFigure(61.1, 236.3, 54.3),
-    "segformer_b5": PaperFigure(82.3, 52.6, 70.1),
-    "upernet_swin_l": PaperFigure(234.9, 405.2, 107.3),
-    "upernet_vit_adapter_l": PaperFigure(364.9, 616.3, 284.9),
-    "afformer_b": PaperFigure(3.3, 4.4, 26.0, syncbn=False),  # plain nn.BatchNorm2d (spec §11.1)
-    "seaformer_b": PaperFigure(8.8, 1.8, 27.3),
-    "segnext_t": PaperFigure(4.6, 6.3, 23.3),
-    "seaformer_l": PaperFigure(14.2, 6.4, 29.9),
-    "cgrseg_b": PaperFigure(19.3, 7.6, 36.0),
-    "cgrseg_l": PaperFigure(35.8, 14.8, 42.6),
-}
-
-#: Linear-classifier baselines with a trusted mmcv-1.x figure at 512x512 (ecosystem notes §E:
-#: mmcv 1.7.2 on faithful re-implementations of the mmseg configs, SyncBN norms uncounted).
-BASELINE_FIGURES: dict[str, PaperFigure] = {
-    "segformer_b5": PaperFigure(82.01, 52.45, None, "mmcv 1.7.2 get_flops, mmseg config"),
-    "segnext_t": PaperFigure(4.26, 6.20, None, "mmcv 1.7.2 get_flops, mmseg config"),
-}
-
-#: Registry names the paper table covers, plus baselines-only models, in README order.
-ZOO_ORDER: tuple[str, ...] = (*PAPER_FIGURES, "fcn_r101_d8")
-
-
-def reference_figure(name: str, classifier: str) -> PaperFigure | None:
-    """The published figure to compare an ssaseg model against, if any."""
-    table = PAPER_FIGURES if classifier == "ssa" else BASELINE_FIGURES
-    return table.get(name)
-
-
-def reference_convention_gmacs(row: "BenchmarkRow", ref: PaperFigure | None) -> float | None:
-    """``row.gmacs`` with the norms counted as the reference config's get_flops run counted
-    them: BatchNorm MACs left out when the reference built them as SyncBN."""
-    if row.gmacs is None or ref is None:
-        return None
-    if ref.syncbn and row.gmacs_batchnorm is not None:
-        return row.gmacs - row.gmacs_batchnorm
-    return row.gmacs
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmark driver and CLI
-# --------------------------------------------------------------------------------------------
-@dataclass
-class BenchmarkRow:
-    """Every complexity figure of one (model, classifier) pair; ``error`` when it failed.
-
-    GMACs / GFLOPs are per 1x3xHxW image; ``latency_ms`` is ``None`` when not measured.
-    """
-
-    model: str
-    classifier: str
-    #: C, the width of the feature map the classifier reads (``decoder.channels``).
-    channels: int | None = None
-    params: ParamCount | None = None
-    gmacs: float | None = None
-    #: the part of ``gmacs`` spent in ``nn.BatchNorm2d``: mmseg configs build most of those as
-    #: SyncBN, which mmcv does not count, so published figures usually exclude it.
-    gmacs_batchnorm: float | None = None
-    true_gflops: float | None = None
-    latency_ms: float | None = None
-    error: str | None = None
-
-
-def benchmark_model(
-    name: str,
-    classifier: str = "ssa",
-    num_classes: int = 150,
-    size: int = 512,
-    runs: int = 10,
-    latency: bool = True,
-    device: torch.device | str | None = None,
-) -> BenchmarkRow:
-    """Build ``name`` with ``classifier``, deploy it and measure every complexity figure."""
-    from .models import create_model
-
-    dev = torch.device(device) if device is not None else _default_device()
-    row = BenchmarkRow(name, classifier)
-    model = create_model(name, num_classes=num_classes, classifier=classifier)
-    row.params = params(model)
-    row.channels = getattr(getattr(model, "decoder", None), "channels", None)
-    model.deploy()
-    model.to(dev)
-    shape = (1, 3, size, size)
-    per_module = mmcv_macs_by_module(model, shape)
-    row.gmacs = sum(per_module.values()) / 1e9
-    row.gmacs_batchnorm = (
-        sum(v for k, v in per_module.items() if type(model.get_submodule(k)) is nn.BatchNorm2d) / 1e9
-    )
-    row.true_gflops = true_gflops(model, shape)
-    if latency:
-        row.latency_ms = latency_ms(model, shape, runs=runs, warmup=min(5, runs))
-    return row
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def device_label(device: torch.device | str | None = None) -> str:
-    """A short name of the machine latency was measured on (GPU name, or CPU model)."""
-    dev = torch.device(device) if device is not None else _default_device()
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {torch.get_num_threads()} threads"
-
-
-def fmt_delta(ours: float | None, ref: float | None) -> str:
-    """Relative difference of ``ours`` to ``ref`` as ``"+1.2%"`` (``"–"`` when unknown)."""
-    if ours is None or ref is None or ref == 0:
-        return "–"
-    delta = 100.0 * (ours - ref) / ref
-    return "±0.0%" if abs(delta) < 0.05 else f"{delta:+.1f}%"
-
-
-def fmt_number(value: float | None, spec: str = ".2f") -> str:
-    """``format(value, spec)``, or ``"–"`` for a missing value."""
-    return "–" if value is None else format(value, spec)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return "\n".join(lines)
-
-
-def format_rows(rows: list[BenchmarkRow], compare: bool, fmt: str, device: str) -> str:
-    """Render benchmark rows as a markdown table (``"md"``) or an aligned text table."""
-    header = [
-        "model",
-        "classifier",
-        "params train (M)",
-        "params inference (M)",
-        "GMACs (mmcv)",
-        "true GFLOPs",
-        f"latency ms ({device})",
-    ]
-    if compare:
-        # README-convention params: aux heads in, SSA teacher out (see ParamCount.readme).
-        # Reference-config GMACs: BatchNorm left out where the reference used SyncBN.
-        header += [
-            "params README conv. (M)",
-            "paper params (M)",
-            "Δ params",
-            "GMACs, ref. norms",
-            "paper GFLOPs",
-            "Δ GMACs",
-            "paper latency ms",
-        ]
-    body = []
-    for r in rows:
-        if r.error is not None:
-            cells = [r.model, r.classifier, f"error: {r.error}"] + [""] * (len(header) - 3)
-            body.append(cells)
-            continue
-        cells = [
-            r.model,
-            r.classifier,
-            fmt_number(r.params and r.params.train / 1e6, ".2f"),
-            fmt_number(r.params and r.params.inference / 1e6, ".2f"),
-            fmt_number(r.gmacs, ".2f"),
-            fmt_number(r.true_gflops, ".2f"),
-            fmt_number(r.latency_ms, ".1f"),
-        ]
-        if compare:
-            ref = reference_figure(r.model, r.classifier)
-            p_readme = r.params and r.params.readme / 1e6
-            ref_gmacs = reference_convention_gmacs(r, ref)
-            cells += [
-                fmt_number(p_readme, ".2f"),
-                fmt_number(ref and ref.params_m, ".2f"),
-                fmt_delta(p_readme, ref and ref.params_m),
-                fmt_number(ref_gmacs, ".2f"),
-                fmt_number(ref and ref.gflops, ".2f"),
-                fmt_delta(ref_gmacs, ref and ref.gflops),
-                fmt_number(ref and ref.latency_ms, ".1f"),
-            ]
-        body.append(cells)
-    if fmt == "md":
-        return markdown_table(header, body)
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in [header, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``ssaseg benchmark``."""
-    parser.add_argument("model", nargs="?", help="registry name (see ssaseg.list_models()); omit with --all")
-    parser.add_argument("--all", action="store_true", help="every registered model of the paper's table, with the published figures")
-    parser.add_argument("--num-classes", type=int, default=150, help="K (150 = ADE20K)")
-    parser.add_argument("--size", type=int, default=512, help="square input size (a multiple of 32)")
-    parser.add_argument("--classifier", choices=("ssa", "linear", "both"), default="ssa")
-    parser.add_argument("--runs", type=int, default=20, help="timed runs for the latency median")
-    parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--format", choices=("md", "table"), default="table")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """``ssaseg benchmark``: print the complexity table; exit code 1 if a model failed."""
-    from .models import list_models
-
-    if args.size <= 0 or args.size % 32:
-        print(f"error: --size must be a positive multiple of 32, got {args.size}", file=sys.stderr)
-        return 2
-    if args.runs < 1:
-        print(f"error: --runs must be >= 1, got {args.runs}", file=sys.stderr)
-        return 2
-    available = list_models()
-    if args.all:
-        if args.model:
-            print("error: give either MODEL or --all, not both", file=sys.stderr)
-            return 2
-        names = [n for n in ZOO_ORDER if n in available] + [n for n in available if n not in ZOO_ORDER]
-        missing = [n for n in ZOO_ORDER if n not in available]
-        if missing:
-            print(f"note: not registered (skipped): {', '.join(missing)}", file=sys.stderr)
-    elif args.model:
-        if args.model not in available:
-            import difflib
-
-            close = difflib.get_close_matches(args.model, available, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            print(f"error: unknown model {args.model!r}{hint} (registered: {', '.join(available) or 'none'})", file=sys.stderr)
-            return 2
-        names = [args.model]
-    else:
-        print("error: give a MODEL name or --all", file=sys.stderr)
-        return 2
-    try:
-        device = torch.device(args.device) if args.device else _default_device()
-    except RuntimeError as exc:
-        print(f"error: bad --device {args.device!r}: {exc}", file=sys.stderr)
-        return 2
-    classifiers = ("ssa", "linear") if args.classifier == "both" else (args.classifier,)
-    rows: list[BenchmarkRow] = []
-    for name in names:
-        for kind in classifiers:
-            try:
-                rows.append(
-                    benchmark_model(name, kind, args.num_classes, args.size, args.runs, not args.no_latency, device)
-                )
-            except Exception as exc:  # one broken model must not hide the others' figures
-                rows.append(BenchmarkRow(name, kind, error=f"{type(exc).__name__}: {exc}"))
-    label = "not measured" if args.no_latency else device_label(device)
-    print(format_rows(rows, compare=args.all, fmt=args.format, device=label))
-    if args.all or args.size != 512 or args.num_classes != 150:
-        print(
-            f"\nGMACs: mmcv 1.x convention (multiply-add = 1, modules only) at {args.size}x{args.size}, "
-            f"K={args.num_classes}; true GFLOPs: torch.utils.flop_counter (2 per MAC, matmuls included). "
-            "Paper figures: ADE20K (K=150), 512x512."
-        )
-    return 1 if any(r.error for r in rows) else 0
