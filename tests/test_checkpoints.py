@@ -8,6 +8,7 @@ import torch
 
 import ssaseg
 from ssaseg.checkpoints import SSA_PARAMETER_NAMES, convert_official_state_dict, load_checkpoint
+from ssaseg.weights import WeightsError
 
 _OFFICIAL_NAMES = {ours: theirs for theirs, ours in SSA_PARAMETER_NAMES.items()}
 
@@ -108,5 +109,5 @@ def test_mismatch_names_file_and_keys(tmp_path):
 
 
 def test_missing_file():
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(WeightsError, match="not found: nope.pth"):
         load_checkpoint(_tiny_segformer(0), "nope.pth")
