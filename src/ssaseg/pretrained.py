@@ -8,8 +8,8 @@ them next to their entry points; architecture arguments live apart.
 
 ``backbone_weights`` (``create_model`` argument or the config key ``model.backbone_weights``) is
 either a tag, downloaded once into the cache directory, or a local file in any layout the
-backbone's converter knows. The cache is ``$SSASEG_CACHE`` (default
-``${XDG_CACHE_HOME:-~/.cache}/ssaseg``). Downloads go to a temporary file in the cache directory
+backbone's converter knows. Files are cached in ``$SSASEG_CACHE/weights`` (default
+``~/.cache/ssaseg/weights``). Downloads go to a temporary file in the cache directory
 and are renamed into place only after the hash check, so no partial or mismatched file is ever
 left under the final name. When a download is impossible (offline, a page-only source), the
 error names the config key, the URL and the exact path to place the file at.
@@ -115,16 +115,14 @@ def list_pretrained(pattern: str = "*") -> list[str]:
 
 
 def cache_dir() -> Path:
-    """``$SSASEG_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/ssaseg``."""
-    if os.environ.get("SSASEG_CACHE"):
-        return Path(os.environ["SSASEG_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "ssaseg"
+    """``$SSASEG_CACHE``, else ``~/.cache/ssaseg`` (shared with the demo dataset)."""
+    return Path(os.environ.get("SSASEG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ssaseg"))
 
 
 def cached_path(cfg: PretrainedCfg) -> Path:
-    """Where ``cfg``'s file lives in the cache (and where to place it by hand)."""
-    return cache_dir() / cfg.file_name
+    """Where ``cfg``'s file lives in the cache, ``<cache>/weights/<file_name>`` (and where to place
+    it by hand)."""
+    return cache_dir() / "weights" / cfg.file_name
 
 
 def _sha256(path: Path) -> str:
@@ -138,7 +136,7 @@ def _sha256(path: Path) -> str:
 def _place_by_hand(cfg: PretrainedCfg, target: Path, where: str) -> str:
     return (
         f"Download {cfg.file_name} from {where} yourself and place it at {target} (the cache, "
-        f"$SSASEG_CACHE), or set {CONFIG_KEY} to the path of a local copy."
+        f"$SSASEG_CACHE/weights), or set {CONFIG_KEY} to the path of a local copy."
     )
 
 

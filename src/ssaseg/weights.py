@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -97,16 +96,22 @@ def read_checkpoint(path: str | os.PathLike, allowed_globals: Sequence[type] = (
         with torch.serialization.safe_globals(list(allowed_globals)):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, or a pickle of arbitrary objects
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "Unsupported global" in str(err) or "Weights only load failed" in str(err):
+        unsafe = _first_global(str(err))
+        if unsafe is not None:
             reason = (
-                "it pickles objects other than tensors and plain containers, which ssaseg does not "
-                f"unpickle (weights_only=True): {_first_global(str(err)) or text}"
+                f"it pickles {unsafe}, and ssaseg unpickles only tensors and plain containers "
+                "(weights_only=True); re-save its state dict with torch.save or safetensors"
             )
-        elif isinstance(err, (EOFError, zipfile.BadZipFile)) or "PytorchStreamReader" in str(err):
-            reason = f"the file is truncated or corrupt ({text}); fetch it again"
-        else:
-            reason = f"{type(err).__name__}: {text}"
+        elif "WeightsUnpickler error:" in str(err):
+            detail = str(err).split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+            reason = (
+                f"it is not a weights-only torch checkpoint ({detail}): corrupt, or a pickle of arbitrary "
+                "objects, which ssaseg never unpickles; re-save it with torch.save or safetensors"
+            )
+        else:  # EOFError, BadZipFile, PytorchStreamReader / seek errors
+            text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            text = text.split(". ")[0].rstrip(".")  # torch appends advice we do not want to repeat
+            reason = f"the file is truncated or corrupt ({type(err).__name__}: {text}); fetch it again"
         raise WeightsError(f"cannot read weights file {path} ({_describe(path)}): {reason}") from None
     if not isinstance(obj, dict):
         raise WeightsError(f"weights file {path} holds a {type(obj).__name__}, expected a dict of tensors")
@@ -114,8 +119,9 @@ def read_checkpoint(path: str | os.PathLike, allowed_globals: Sequence[type] = (
 
 
 def _first_global(message: str) -> str | None:
+    """The class named by torch's weights-only refusal (``Unsupported global: GLOBAL mod.Cls``)."""
     m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
-    return f"GLOBAL {m.group(1)}" if m else None
+    return m.group(1) if m else None
 
 
 def unwrap_state_dict(obj: dict, wrappers: Sequence[str] = DEFAULT_WRAPPERS) -> StateDict:
