@@ -17,7 +17,9 @@ error names the config key, the URL and the exact path to place the file at.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .weights import LoadReport, WeightsError, load_weights
+from .weights import WeightsError, load_weights
 
 __all__ = [
     "PretrainedCfg",
@@ -140,12 +142,13 @@ def _place_by_hand(cfg: PretrainedCfg, target: Path, where: str) -> str:
     )
 
 
-def download(cfg: PretrainedCfg, model_name: str = "", tag: str = "", progress: bool = False) -> Path:
+def download(cfg: PretrainedCfg, model_name: str = "", tag: str = "", progress: bool | None = None) -> Path:
     """Fetch ``cfg.url`` into :func:`cached_path` atomically and return that path.
 
     The bytes go to a temporary file in the cache directory while their sha256 is computed;
     the file is renamed into place (``os.replace``, mode from the umask) only when the hash
-    prefix matches. On any failure the temporary file is removed.
+    prefix matches. On any failure the temporary file is removed. ``progress``: a progress bar
+    on stderr (default: when stderr is a terminal).
 
     Raises:
         DownloadError: one paragraph naming ``model.backbone_weights``, the URL and the exact path
@@ -170,8 +173,9 @@ def download(cfg: PretrainedCfg, model_name: str = "", tag: str = "", progress: 
         digest = hashlib.sha256()
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(cfg.url, timeout=_TIMEOUT_S) as response:
-                total = int(response.headers.get("Content-Length") or 0) if hasattr(response, "headers") else 0
-                bar = _progress_bar(total, cfg.file_name) if progress else None
+                total = int(response.headers.get("Content-Length") or 0)
+                show = sys.stderr.isatty() if progress is None else progress
+                bar = _progress_bar(total, cfg.file_name) if show else None
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     out.write(chunk)
                     digest.update(chunk)
@@ -179,7 +183,7 @@ def download(cfg: PretrainedCfg, model_name: str = "", tag: str = "", progress: 
                         bar.update(len(chunk))
                 if bar is not None:
                     bar.close()
-        except (urllib.error.URLError, OSError, ValueError) as err:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
             reason = getattr(err, "reason", None) or err
             raise DownloadError(
                 f"{CONFIG_KEY}: cannot download the {label} weights from {cfg.url} ({reason}). "
@@ -231,7 +235,7 @@ def _converter_of(model_name: str) -> str:
     return converters.pop()
 
 
-def resolve_weights(model_name: str, weights: str | os.PathLike, progress: bool = False) -> tuple[Path, str]:
+def resolve_weights(model_name: str, weights: str | os.PathLike, progress: bool | None = None) -> tuple[Path, str]:
     """``(local file, converter name)`` for ``backbone_weights``: a registered tag (downloaded
     into the cache when absent) or a local path.
 
@@ -280,11 +284,5 @@ def load_backbone_weights(model: nn.Module, model_name: str, weights: str | os.P
         WeightsError: a user error naming the key, file or URL (see :func:`resolve_weights` and
             :func:`ssaseg.weights.load_weights`).
     """
-    report_backbone_weights(model, model_name, weights)
-
-
-def report_backbone_weights(model: nn.Module, model_name: str, weights: str | os.PathLike) -> LoadReport:
-    """:func:`load_backbone_weights`, returning the key report (names kept at their initial values)."""
     path, converter = resolve_weights(model_name, weights)
-    target = getattr(model, "backbone", model)
-    return load_weights(target, path, converter)
+    load_weights(getattr(model, "backbone", model), path, converter)
