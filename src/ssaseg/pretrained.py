@@ -159,7 +159,7 @@ def download(cfg: PretrainedCfg, model_name: str = "", tag: str = "", progress: 
     label = f"{model_name}.{tag}" if model_name else cfg.file_name
     if cfg.url is None:
         raise DownloadError(
-            f"{CONFIG_KEY}: the {label} weights ({cfg.file_name}, {cfg.source}) have no direct download. "
+            f"{CONFIG_KEY}: the {label} weights ({cfg.file_name}) have no direct download URL. "
             + _place_by_hand(cfg, target, cfg.source)
         )
     try:
@@ -262,7 +262,7 @@ def resolve_weights(model_name: str, weights: str | os.PathLike, progress: bool 
             where = cfg.url or cfg.source
             raise WeightsError(
                 f"{CONFIG_KEY}: {path} does not exist. It is the published {model_name} backbone file "
-                f"({cfg.source}): download it from {where} and place it at {path}, or set "
+                f"({cfg.source}): download it from {where} and place it at {path.absolute()}, or set "
                 f"{CONFIG_KEY}: {tag} to have ssaseg fetch it into {cached_path(cfg)}."
             )
     tags = sorted(t for m, t in _REGISTRY if m == model_name)
