@@ -1,13 +1,17 @@
 """Official-layout checkpoint conversion and safe loading (ssaseg.checkpoints)."""
 from __future__ import annotations
 
+import ast
+import importlib
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 
 import ssaseg
 from ssaseg.checkpoints import SSA_PARAMETER_NAMES, convert_official_state_dict, load_checkpoint
+from ssaseg.weights import WeightsError
 
 _OFFICIAL_NAMES = {ours: theirs for theirs, ours in SSA_PARAMETER_NAMES.items()}
 
@@ -108,5 +112,65 @@ def test_mismatch_names_file_and_keys(tmp_path):
 
 
 def test_missing_file():
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(WeightsError, match="not found: nope.pth"):
         load_checkpoint(_tiny_segformer(0), "nope.pth")
+
+
+def _ssaseg_import_graph() -> dict[str, set[str]]:
+    """``module -> ssaseg modules it imports``, from every ``import`` statement in src/ssaseg,
+    including those inside functions (a lazy import is still a dependency)."""
+    root = Path(ssaseg.__file__).parent
+    modules: dict[str, Path] = {}
+    for path in root.rglob("*.py"):
+        parts = ("ssaseg",) + path.relative_to(root).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    module = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    module = node.module or ""
+                candidates = [f"{module}.{alias.name}" for alias in node.names] + [module]
+            else:
+                continue
+            for candidate in candidates:
+                # the longest ssaseg module the name refers to (a submodule, else its module)
+                while candidate and candidate not in modules:
+                    candidate = candidate.rpartition(".")[0]
+                if candidate and candidate != name:
+                    targets.add(candidate)
+                    break
+        graph[name] = targets
+    return graph
+
+
+def test_no_import_cycles_and_every_module_imports():
+    graph = _ssaseg_import_graph()
+    assert {"ssaseg.weights", "ssaseg.pretrained", "ssaseg.checkpoints", "ssaseg.models"} <= set(graph)
+    # weights is the leaf of the weights code: torch / safetensors / stdlib only.
+    assert graph["ssaseg.weights"] == set()
+    assert "ssaseg.models" not in graph["ssaseg.checkpoints"] and "ssaseg.models" not in graph["ssaseg.pretrained"]
+    state: dict[str, int] = {}  # 1 = on the DFS stack, 2 = done
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep):] + [dep]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    for module in sorted(graph):
+        importlib.import_module(module)

@@ -20,7 +20,8 @@ from ssaseg.backbones.efficientformer_v2 import (
     checkpoint_filter_fn,
     efficientformerv2_s2_feat,
 )
-from ssaseg.checkpoints import SSA_PARAMETER_NAMES, load_backbone_weights, load_checkpoint
+from ssaseg.checkpoints import SSA_PARAMETER_NAMES, load_checkpoint
+from ssaseg.weights import load_state_dict_checked
 from ssaseg.decoders.cgr import CGRClassifier, CGRDecoder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -204,7 +205,7 @@ def test_matches_timm_efficientformer_v2() -> None:
     model = EfficientFormerV2(
         (32, 48, 96, 176), (2, 2, 6, 4), ((4, 4), (4, 4), (4, 3, 3, 3, 4, 4), (4, 3, 3, 4)), vit_num=2, resolution=64
     ).eval()
-    kept = load_backbone_weights(model, checkpoint_filter_fn(state), "timm", keep_initial=KEEP_INITIAL)
+    kept = load_state_dict_checked(model, checkpoint_filter_fn(state), "timm", keep_initial=KEEP_INITIAL).kept_initial
     assert kept and all(k.endswith("attention_biases_seg") for k in kept)
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssaseg.backbones.resnet import ResNetV1c, convert_resnet_mmseg, convert_resnet_to_mmseg
+from ssaseg.backbones.resnet import _STEM_MAP, ResNetV1c, convert_resnet_mmseg
 from ssaseg.checkpoints import convert_official_state_dict
 import ssaseg.zoo.fcn_resnet  # noqa: F401  (registers the "fcn_resnet" checkpoint key rule)
 from ssaseg.models import create_model
@@ -37,6 +37,16 @@ def test_resnet_forward_shapes_and_checks():
         ResNetV1c(34)
     with pytest.raises(ValueError, match="expects images"):
         net(torch.randn(3, 64, 64))
+
+
+def convert_resnet_to_mmseg(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Test-side inverse of ``convert_resnet_mmseg`` (timm stem names -> mmseg ``stem.*``)."""
+    inverse = {v: k for k, v in _STEM_MAP.items()}
+    out = {}
+    for key, value in state.items():
+        module, _, param = key.rpartition(".")
+        out[f"stem.{inverse[module]}.{param}" if module in inverse else key] = value
+    return out
 
 
 def test_resnet_mmseg_layout_roundtrip_and_load(tmp_path):

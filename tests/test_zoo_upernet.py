@@ -8,12 +8,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from ssaseg.backbones.swin import (
-    SwinTransformer,
-    convert_swin_official,
-    convert_swin_to_official,
-    shifted_window_mask,
-)
+from ssaseg.backbones.swin import SwinTransformer, convert_swin_official, shifted_window_mask
 from ssaseg.checkpoints import convert_official_state_dict
 from ssaseg.decoders.uper import UPerDecoder
 import ssaseg.zoo.upernet_swin  # noqa: F401  (registers the "upernet_swin" checkpoint key rule)
@@ -21,6 +16,23 @@ from ssaseg.models import count_parameters, create_model
 
 TINY_SWIN = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), channels=32, aux_channels=16)
 SSA_INFERENCE_ADDON_512 = 4 * 512**2 + 12 * 512  # + K*C, spec §2
+
+
+def convert_swin_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Test-side inverse of ``convert_swin_official``: ssaseg/mmseg names -> Microsoft layout (the
+    out-norms ``norm{i}`` have no Microsoft counterpart and are dropped; PatchMerging parameters
+    go from mmseg's Unfold order (h,w) = (0,0),(0,1),(1,0),(1,1) to Microsoft's (0,0),(1,0),(0,1),(1,1))."""
+    out = {}
+    for key, value in state.items():
+        if re.match(r"^norm\d+\.", key) or key.endswith("relative_position_index"):
+            continue
+        if ".downsample." in key:
+            lead, four_c = value.shape[:-1], value.shape[-1]
+            value = value.reshape(*lead, four_c // 4, 4).transpose(-1, -2)[..., [0, 2, 1, 3], :].reshape(*lead, four_c)
+        key = key.replace("patch_embed.projection.", "patch_embed.proj.")
+        key = re.sub(r"^stages\.", "layers.", key).replace(".attn.w_msa.", ".attn.")
+        out[key.replace(".ffn.layers.0.0.", ".mlp.fc1.").replace(".ffn.layers.1.", ".mlp.fc2.")] = value
+    return out
 
 
 def check_train_and_eval(model, num_classes: int, size: tuple[int, int] = (64, 64), exempt: str = "") -> None:

@@ -11,7 +11,9 @@ head). :func:`convert_official_state_dict` maps them onto ssaseg's ``backbone.*`
 * architecture-specific rules (e.g. a backbone whose ssaseg module names differ) are registered
   by the zoo files with :func:`register_key_converter` and run after the generic mapping.
 
-Loading is always ``torch.load(..., weights_only=True)`` or safetensors: no arbitrary unpickling.
+Reading files and checked loading live in the leaf module :mod:`ssaseg.weights` (always
+``torch.load(..., weights_only=True)`` or safetensors: no arbitrary unpickling); this module adds
+the segmentor-level key mapping on top and re-exports the readers under their old names.
 """
 from __future__ import annotations
 
@@ -19,8 +21,31 @@ import os
 import re
 from typing import Callable
 
-import torch
-from torch import Tensor, nn
+from torch import nn
+
+from .weights import (
+    StateDict,
+    WeightsError,
+    load_state_dict_checked,
+    read_checkpoint,
+    read_state_dict,
+    unwrap_state_dict,
+)
+
+__all__ = [
+    "SSA_PARAMETER_NAMES",
+    "StateDict",
+    "WeightsError",
+    "register_key_converter",
+    "has_key_converter",
+    "convert_official_state_dict",
+    "read_checkpoint",
+    "read_state_dict",
+    "unwrap_state_dict",
+    "load_checkpoint",
+    "apply_state_dict",
+    "load_state_dict_checked",
+]
 
 #: official SSA head name -> ssaseg SSAClassifier attribute.
 SSA_PARAMETER_NAMES: dict[str, str] = {
@@ -37,7 +62,6 @@ SSA_PARAMETER_NAMES: dict[str, str] = {
 #: official buffers that no ssaseg module owns (never used by any computation).
 DROPPED_SUFFIXES = ("ssa_loss.criterion.empty_weight", "criterion.empty_weight")
 
-StateDict = dict[str, Tensor]
 KeyConverter = Callable[[StateDict], StateDict]
 _KEY_CONVERTERS: dict[str, KeyConverter] = {}
 
@@ -53,10 +77,8 @@ def register_key_converter(arch: str) -> Callable[[KeyConverter], KeyConverter]:
 
 
 def has_key_converter(arch: str) -> bool:
-    """Whether an architecture registered a key converter (imports the zoo so it can)."""
-    from .models import _import_zoo
-
-    _import_zoo()
+    """Whether ``arch`` registered a key converter (its zoo module registers it on import, which
+    building one of its models does)."""
     return arch in _KEY_CONVERTERS
 
 
@@ -108,53 +130,11 @@ def convert_official_state_dict(state_dict: StateDict, arch: str | None = None) 
     return out
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a ``.pth``/``.pt`` file with ``weights_only=True`` (or a ``.safetensors`` file) into a dict.
-
-    Raises ``FileNotFoundError`` or ``ValueError`` naming the file when it is missing, corrupt,
-    holds arbitrary pickled objects, or is not a dict.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file or a pickle holding arbitrary objects
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(obj, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
-    return obj
-
-
-def unwrap_state_dict(
-    obj: dict, wrappers: tuple[str, ...] = ("state_dict", "model", "state_dict_ema")
-) -> StateDict:
-    """The flat state dict inside a checkpoint dict: the first of ``wrappers`` present, else ``obj``."""
-    for wrapper in wrappers:
-        if wrapper in obj and isinstance(obj[wrapper], dict):
-            return obj[wrapper]
-    return obj
-
-
-def read_state_dict(
-    path: str | os.PathLike, wrappers: tuple[str, ...] = ("state_dict", "model", "state_dict_ema")
-) -> StateDict:
-    """Read a checkpoint file (see :func:`read_checkpoint`) into a flat state dict.
-
-    ``wrappers``: keys of nested state dicts, tried in order (SeaFormer's loader puts
-    ``state_dict_ema`` first, as the original does).
-    """
-    return unwrap_state_dict(read_checkpoint(path), wrappers)
-
-
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, arch: str | None = None, strict: bool = True) -> None:
     """Load a full-model checkpoint file (ssaseg or official layout) into ``model``.
 
-    See :func:`apply_state_dict`; raises ``ValueError`` naming the file when it does not fit.
+    See :func:`apply_state_dict`; raises :class:`~ssaseg.weights.WeightsError` (a ``ValueError``)
+    naming the file when it cannot be read or does not fit.
     """
     apply_state_dict(model, read_state_dict(path), path, arch, strict)
 
@@ -165,48 +145,13 @@ def apply_state_dict(
     """Load ``state`` (ssaseg or official layout) into ``model``.
 
     ``arch`` selects the architecture's key converter for official checkpoints; by default it is
-    inferred from ``model.model_name`` (set by :func:`ssaseg.create_model`). ``source`` names the
-    file in the error that lists missing/unexpected/mis-shaped keys.
+    ``model.architecture`` (recorded by :func:`ssaseg.create_model`) when that architecture
+    registered one. ``source`` names the file in the error that lists missing/unexpected/
+    mis-shaped keys.
     """
     if any(k.startswith(("decode_head.", "auxiliary_head.", "module.decode_head.")) for k in state):
-        if arch is None and getattr(model, "model_name", None):
-            from .models import architecture_of
-
-            inferred = architecture_of(model.model_name)
-            arch = inferred if has_key_converter(inferred) else None
+        if arch is None:
+            inferred = getattr(model, "architecture", None)
+            arch = inferred if inferred is not None and has_key_converter(inferred) else None
         state = convert_official_state_dict(state, arch)
     load_state_dict_checked(model, state, source, strict)
-
-
-def load_state_dict_checked(
-    model: nn.Module, state: StateDict, source: str | os.PathLike, strict: bool = True
-) -> None:
-    """``model.load_state_dict(state, strict)``, but a misfit raises a ``ValueError`` that names
-    ``source`` (the file) and lists missing / unexpected / mis-shaped keys (first 20 of each)."""
-    own = model.state_dict()
-    shape_errors = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and own[k].shape != v.shape
-    ]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if shape_errors or (strict and (missing or unexpected)):
-        lines = [f"checkpoint {os.fspath(source)} does not fit {type(model).__name__}:"]
-        lines += [f"  shape mismatch {e}" for e in shape_errors[:20]]
-        lines += [f"  missing {k}" for k in missing[:20]] + [f"  unexpected {k}" for k in unexpected[:20]]
-        raise ValueError("\n".join(lines))
-    model.load_state_dict(state, strict=strict)
-
-
-def load_backbone_weights(module: nn.Module, state: StateDict, source: str | os.PathLike, keep_initial: str = "") -> list[str]:
-    """Strict load of ``state`` into ``module``, except that parameters whose names fully match the
-    regex ``keep_initial`` may be absent from ``state`` (they keep their initial values).
-
-    A misfit raises ``ValueError`` naming ``source`` (see ``load_state_dict_checked``). Returns the
-    names that kept their initial values.
-    """
-    own = module.state_dict()
-    kept = [k for k in own if k not in state and keep_initial and re.fullmatch(keep_initial, k)]
-    load_state_dict_checked(module, {**state, **{k: own[k] for k in kept}}, source)
-    return kept

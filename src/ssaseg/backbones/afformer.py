@@ -38,6 +38,7 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from ..layers import ConvModule, init_weights_, map_to_tokens, resize, tokens_to_map
+from ..weights import load_weights, register_converter, strip_prefixes
 
 __all__ = ["AFFormer", "afformer_base_backbone", "checkpoint_filter_fn"]
 
@@ -402,11 +403,9 @@ class AFFormer(nn.Module):
         init_weights_(m, norms=(nn.LayerNorm, nn.BatchNorm2d))
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Load published weights (see :func:`checkpoint_filter_fn`) strictly; a misfit raises
-        ``ValueError`` naming the file and the keys."""
-        from ..checkpoints import load_backbone_weights, read_state_dict
-
-        load_backbone_weights(self, checkpoint_filter_fn(read_state_dict(path), self), path)
+        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "afformer")`` for the
+        zoo entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now)."""
+        load_weights(self, path, "afformer")
 
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.stem(images)
@@ -428,18 +427,13 @@ def afformer_base_backbone(**kwargs) -> AFFormer:
     )
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: AFFormer | None = None) -> dict[str, Tensor]:
+@register_converter("afformer")
+def checkpoint_filter_fn(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Map a published AFFormer checkpoint onto :class:`AFFormer` keys.
 
     ``AFFormer_base_ImageNet1k_new.pth`` (dongbo811/AFFormer) uses this module's names already;
     a ``backbone.`` / ``module.`` prefix (segmentor or DDP checkpoints) is stripped and an
     ImageNet classifier (``cls_head.*`` / ``head.*``; the official model class defines one but
-    leaves it commented out) is dropped. ``model`` is accepted for timm-style symmetry.
+    leaves it commented out) is dropped.
     """
-    out = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("module.").removeprefix("backbone.")
-        if key.startswith(("cls_head.", "head.")):
-            continue
-        out[key] = value
-    return out
+    return {k: v for k, v in strip_prefixes(state_dict).items() if not k.startswith(("cls_head.", "head."))}

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 
+from ..weights import load_weights, register_converter, strip_prefixes
+
 __all__ = [
     "EfficientFormerV2",
     "efficientformerv2_s2_feat",
@@ -374,12 +376,9 @@ class EfficientFormerV2(nn.Module):
         self.strides = [4, 8, 16, 32]
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Load published weights (see :func:`checkpoint_filter_fn`) strictly, except that the
-        ``attention_biases_seg`` absent from ImageNet files keep their initial values (zeros);
-        a misfit raises ``ValueError`` naming the file and the keys."""
-        from ..checkpoints import load_backbone_weights, read_state_dict
-
-        load_backbone_weights(self, checkpoint_filter_fn(read_state_dict(path), self), path, keep_initial=KEEP_INITIAL)
+        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "efficientformer_v2")``
+        for the zoo entry points' ``backbone_weights`` (``ssaseg.pretrained`` loads weights now)."""
+        load_weights(self, path, "efficientformer_v2")
 
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.patch_embed(images)
@@ -407,12 +406,12 @@ def efficientformerv2_l_feat(**kwargs) -> EfficientFormerV2:
     return _build("L", **kwargs)
 
 
+#: parameters an ImageNet checkpoint does not provide (they start at zero, as in CGRSeg).
+KEEP_INITIAL = r".*\.attention_biases_seg"
 #: keys of the snap-research ImageNet checkpoints that the segmentation backbone does not use:
 #: the classifier (``norm``, ``head``, ``dist_head``) and the 224-px attention-bias tables (the
 #: seg variant learns new ``attention_biases_seg`` from zero, as CGRSeg does), plus the index
 #: buffers that official CGRSeg / SSA-Seg segmentor checkpoints carry (recomputed here).
-#: parameters an ImageNet checkpoint does not provide (they start at zero, as in CGRSeg).
-KEEP_INITIAL = r".*\.attention_biases_seg"
 _SNAP_DROPPED_PREFIXES = ("norm.", "head.", "dist_head.", "head_dist.")
 _SNAP_DROPPED_SUFFIXES = (".attention_biases", ".attention_bias_idxs", ".attention_bias_idxs_seg")
 
@@ -478,7 +477,8 @@ def is_timm_layout(state_dict: dict[str, Tensor]) -> bool:
     return any(k.startswith("stem.conv1.") for k in state_dict)
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: EfficientFormerV2 | None = None) -> dict[str, Tensor]:
+@register_converter("efficientformer_v2", keep_initial=KEEP_INITIAL)
+def checkpoint_filter_fn(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Map a published EfficientFormerV2 checkpoint onto :class:`EfficientFormerV2` keys.
 
     Accepts the snap-research ImageNet files (``eformer_s2_450.pth``, ``eformer_l_450.pth``; the
@@ -487,11 +487,10 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: EfficientFormerV2
     ``efficientformerv2_{s2,l}.snap_dist_in1k`` files (renamed by :func:`is_timm_layout` /
     ``_from_timm``). A ``backbone.`` prefix, the classifier and the ImageNet attention-bias
     tables are dropped (CGRSeg loads them non-strictly and never uses them; timm also orders
-    them differently). ImageNet files have no ``attention_biases_seg``: load with
-    ``keep_initial=KEEP_INITIAL`` (as :meth:`EfficientFormerV2.load_pretrained` does). ``model``
-    is accepted for timm-style signature symmetry.
+    them differently). ImageNet files have no ``attention_biases_seg``: the converter is
+    registered with ``keep_initial=KEEP_INITIAL``, so they keep their initial zeros.
     """
-    state_dict = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state_dict.items()}
+    state_dict = strip_prefixes(state_dict)
     if is_timm_layout(state_dict):
         state_dict = _from_timm(state_dict)
     out = {

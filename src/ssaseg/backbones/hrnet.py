@@ -12,7 +12,8 @@ timm's ``HighResolutionNetFeatures`` with ``feature_location=''`` (the raw branc
 Published checkpoints (``hrnetv2_w48-d2186c55.pth`` and ``hrnetv2_w18-00eb2006.pth`` from
 download.openmmlab.com/pretrain/third_party, and timm's ``hrnet_w*.ms_in1k``) carry an ImageNet
 head (``incre_modules``, ``downsamp_modules``, ``final_layer``, ``classifier``) that
-:func:`checkpoint_filter_fn` drops, as mmseg does by loading them non-strictly.
+:func:`checkpoint_filter_fn` (converter ``"hrnet"``) drops, as mmseg does by loading them
+non-strictly.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import os
 from timm.models.hrnet import HighResolutionNetFeatures, cfg_cls
 from torch import Tensor, nn
 
-from ..checkpoints import StateDict, load_state_dict_checked, read_state_dict
+from ..weights import StateDict, load_weights, register_converter, strip_prefixes
 
 #: Keys of the ImageNet classification head in official / timm HRNet checkpoints.
 CLASSIFICATION_HEAD_PREFIXES = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
@@ -59,28 +60,16 @@ class HRNet(HighResolutionNetFeatures):
         return super().forward(images)
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Load ImageNet weights in the official HRNet / timm / mmseg-backbone layout, strictly.
-
-        Raises a ``ValueError`` naming the file and the missing / unexpected keys on a misfit.
-        """
-        load_state_dict_checked(self, checkpoint_filter_fn(read_state_dict(path), self), path, strict=True)
+        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "hrnet")`` for the zoo
+        entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now)."""
+        load_weights(self, path, "hrnet")
 
 
-def checkpoint_filter_fn(state_dict: StateDict, model: nn.Module | None = None) -> StateDict:
+# Old checkpoints (saved before PyTorch 0.4.1) lack the BatchNorm ``num_batches_tracked`` counters.
+@register_converter("hrnet", keep_initial=r".*num_batches_tracked")
+def checkpoint_filter_fn(state_dict: StateDict) -> StateDict:
     """Official HRNet-ImageNet / timm / mmseg layout -> :class:`HRNet` keys.
 
-    Drops the classification head, strips ``module.`` and ``backbone.`` prefixes, and, when
-    ``model`` is given, fills BatchNorm ``num_batches_tracked`` counters that old checkpoints
-    (saved before PyTorch 0.4.1) lack with the model's own values.
+    Drops the classification head and strips ``module.`` and ``backbone.`` prefixes.
     """
-    out: StateDict = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("module.").removeprefix("backbone.")
-        if key.startswith(CLASSIFICATION_HEAD_PREFIXES):
-            continue
-        out[key] = value
-    if model is not None:
-        for key, value in model.state_dict().items():
-            if key.endswith("num_batches_tracked") and key not in out:
-                out[key] = value
-    return out
+    return {k: v for k, v in strip_prefixes(state_dict).items() if not k.startswith(CLASSIFICATION_HEAD_PREFIXES)}

@@ -13,7 +13,9 @@ State-dict layout (mmseg): ``layers.{i}.0`` patch embedding (``projection``, ``n
 ``layers.{i}.1.{j}`` blocks (``norm1``, ``attn.attn.*``, ``attn.sr``, ``attn.norm``, ``norm2``,
 ``ffn.layers.*``), ``layers.{i}.2`` the stage's LayerNorm. :func:`convert_official_mit` maps the
 original NVlabs layout (``patch_embed{s}``, ``block{s}.{j}.attn.q/kv/proj/sr``, ``mlp.fc1/dwconv/
-fc2``, ``norm{s}``) onto it.
+fc2``, ``norm{s}``; also smp's MiT encoder) onto it, and :func:`convert_hf_mit` the HF transformers
+layout (``nvidia/mit-b*``: ``[segformer.]encoder.block.{s}.{j}.attention.self.query|key|value``).
+The converter ``"mit"`` (:func:`checkpoint_filter_fn`) accepts all three.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from ..layers import init_weights_, map_to_tokens, tokens_to_map
+from ..weights import load_weights, register_converter, strip_prefixes
 
 
 def _layer_norm(dim: int) -> nn.LayerNorm:
@@ -209,11 +212,9 @@ class MixVisionTransformer(nn.Module):
             init_weights_(m)
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Load published backbone weights (see :func:`checkpoint_filter_fn` for the accepted
-        layouts) strictly; a misfit raises ``ValueError`` naming the file and the keys."""
-        from ..checkpoints import load_backbone_weights, read_state_dict
-
-        load_backbone_weights(self, checkpoint_filter_fn(read_state_dict(path), self), path)
+        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "mit")`` for the zoo
+        entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now)."""
+        load_weights(self, path, "mit")
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outs = []
@@ -284,16 +285,83 @@ def convert_official_mit(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: MixVisionTransformer | None = None) -> dict[str, Tensor]:
+_HF_STAGE = re.compile(r"^encoder\.(patch_embeddings|block|layer_norm)\.(\d+)\.(.*)$")
+#: HF SegFormer block names -> NVlabs names (key/value are merged into ``attn.kv`` separately).
+_HF_BLOCK_NAMES = (
+    ("layer_norm_1.", "norm1."),
+    ("layer_norm_2.", "norm2."),
+    ("attention.self.query.", "attn.q."),
+    ("attention.self.sr.", "attn.sr."),
+    ("attention.self.layer_norm.", "attn.norm."),
+    ("attention.output.dense.", "attn.proj."),
+    ("mlp.dense1.", "mlp.fc1."),
+    ("mlp.dwconv.dwconv.", "mlp.dwconv.dwconv."),
+    ("mlp.dense2.", "mlp.fc2."),
+)
+
+
+def is_hf_mit_layout(state_dict: dict[str, Tensor]) -> bool:
+    """True for the HF transformers layout (``[segformer.]encoder.patch_embeddings.0.*``)."""
+    return any(k.removeprefix("segformer.").startswith("encoder.patch_embeddings.") for k in state_dict)
+
+
+def convert_hf_mit(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Map an HF transformers MiT/SegFormer state dict (``SegformerModel``, or the encoder of
+    ``SegformerForImageClassification`` / ``SegformerForSemanticSegmentation``, as published in
+    ``nvidia/mit-b*``) onto the NVlabs layout, for :func:`convert_official_mit`.
+
+    ``encoder.patch_embeddings.{s}.proj|layer_norm`` -> ``patch_embed{s+1}.proj|norm``;
+    ``encoder.block.{s}.{j}.*`` -> ``block{s+1}.{j}.*`` (``attention.self.key`` and ``.value``
+    concatenated into ``attn.kv``, other names per ``_HF_BLOCK_NAMES``);
+    ``encoder.layer_norm.{s}`` -> ``norm{s+1}``. The classifier / decode head is dropped; an
+    unrecognised encoder key raises ``KeyError`` naming it.
+    """
+    state_dict = {k.removeprefix("segformer."): v for k, v in state_dict.items()}
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        m = _HF_STAGE.match(key)
+        if m is None:
+            if key.startswith(("classifier.", "decode_head.")):
+                continue
+            raise KeyError(f"not an HF SegFormer encoder key: {key!r}")
+        kind, stage, rest = m.group(1), int(m.group(2)) + 1, m.group(3)
+        if kind == "patch_embeddings":
+            out[f"patch_embed{stage}.{rest.replace('layer_norm.', 'norm.', 1)}"] = value
+        elif kind == "layer_norm":
+            out[f"norm{stage}.{rest}"] = value
+        else:
+            block, _, tail = rest.partition(".")
+            prefix = f"block{stage}.{block}."
+            if tail.startswith("attention.self.value."):
+                continue  # merged with the key below
+            if tail.startswith("attention.self.key."):
+                param = tail[len("attention.self.key."):]
+                value_key = f"encoder.block.{stage - 1}.{block}.attention.self.value.{param}"
+                if value_key not in state_dict:
+                    raise KeyError(f"HF SegFormer checkpoint has {key!r} but not {value_key!r}")
+                out[f"{prefix}attn.kv.{param}"] = torch.cat([value, state_dict[value_key]], dim=0)
+                continue
+            for old, new in _HF_BLOCK_NAMES:
+                if tail.startswith(old):
+                    out[prefix + new + tail[len(old):]] = value
+                    break
+            else:
+                raise KeyError(f"not an HF SegFormer encoder key: {key!r}")
+    return out
+
+
+@register_converter("mit")
+def checkpoint_filter_fn(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Turn a published MiT checkpoint into this module's layout (timm ``checkpoint_filter_fn`` style).
 
     Accepts the mmseg layout (``mit_b*_20220624-*.pth``; returned as is), the original NVlabs
-    layout (converted with :func:`convert_official_mit`) and segmentor checkpoints whose backbone
-    keys carry a ``backbone.`` prefix (stripped). ``model`` is accepted for signature symmetry.
+    / smp layout (converted with :func:`convert_official_mit`), the HF transformers layout
+    (:func:`convert_hf_mit`, then the NVlabs conversion) and segmentor checkpoints whose
+    backbone keys carry a ``backbone.`` prefix (stripped).
     """
-    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    if any(k.startswith("backbone.") for k in state_dict):
-        state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    if is_hf_mit_layout(state_dict):
+        state_dict = convert_hf_mit(state_dict)
+    state_dict = strip_prefixes(state_dict)
     if is_official_mit_layout(state_dict):
         return convert_official_mit(state_dict)
     return {k: v for k, v in state_dict.items() if not k.startswith("head.")}

@@ -20,6 +20,7 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from ..layers import init_weights_
+from ..weights import load_weights, register_converter, strip_prefixes
 
 #: Published ImageNet weights of MSCAN are classification checkpoints; their classifier is not
 #: part of the segmentation backbone.
@@ -225,11 +226,9 @@ class MSCAN(nn.Module):
             init_weights_(m)
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Load published backbone weights (see :func:`checkpoint_filter_fn` for the accepted
-        layouts) strictly; a misfit raises ``ValueError`` naming the file and the keys."""
-        from ..checkpoints import load_backbone_weights, read_state_dict
-
-        load_backbone_weights(self, checkpoint_filter_fn(read_state_dict(path), self), path)
+        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "mscan")`` for the zoo
+        entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now)."""
+        load_weights(self, path, "mscan")
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outs = []
@@ -243,14 +242,13 @@ class MSCAN(nn.Module):
         return outs
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: MSCAN | None = None) -> dict[str, Tensor]:
+@register_converter("mscan")
+def checkpoint_filter_fn(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Turn a published MSCAN checkpoint into this module's layout.
 
     The published files (mmseg ``mscan_*_20230227-*.pth``, SegNeXt ``mscan_*.pth``) already use
     these names; a ``backbone.`` prefix (a segmentor checkpoint) is stripped and the ImageNet
-    classifier (``head.*``) is dropped. ``model`` is accepted for timm-style signature symmetry.
+    classifier (``head.*``) is dropped.
     """
-    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    if any(k.startswith("backbone.") for k in state_dict):
-        state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    state_dict = strip_prefixes(state_dict)
     return {k: v for k, v in state_dict.items() if not k.startswith(_CLASSIFIER_PREFIXES)}

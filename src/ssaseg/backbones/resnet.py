@@ -18,9 +18,7 @@ import re
 from timm.models.resnet import Bottleneck, ResNet
 from torch import Tensor, nn
 
-from ..checkpoints import load_backbone_weights
-
-StateDict = dict[str, Tensor]
+from ..weights import StateDict, load_weights, register_converter, strip_prefixes
 
 _DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 # mmseg Sequential stem index -> timm module name.
@@ -67,26 +65,22 @@ class ResNetV1c(nn.Module):
         return outs
 
     def load_pretrained(self, path: str | os.PathLike) -> list[str]:
-        """Load an ImageNet ResNetV1c checkpoint in mmseg/mmcls (``stem.*``) or timm layout.
-
-        Raises ``ValueError`` naming the file when weights do not fit; BN ``num_batches_tracked``
-        counters may be absent. Returns the names left at their initial values.
-        """
-        from ..checkpoints import read_state_dict
-
-        state = read_state_dict(path)
-        state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
-        state = convert_resnet_mmseg(state)
-        return load_backbone_weights(self, state, path, keep_initial=r".*num_batches_tracked")
+        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "resnet_v1c")`` for the
+        zoo entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now);
+        returns the names kept at their initial values."""
+        return load_weights(self, path, "resnet_v1c").kept_initial
 
 
+# Old (pre-0.4.1) checkpoints lack the BN ``num_batches_tracked`` counters.
+@register_converter("resnet_v1c", keep_initial=r".*num_batches_tracked")
 def convert_resnet_mmseg(state: StateDict) -> StateDict:
-    """mmseg/mmcls ResNetV1c names (``stem.{0,1,3,4,6,7}``) -> timm names; drops ``fc.*``.
+    """mmseg/mmcls ResNetV1c names (``stem.{0,1,3,4,6,7}``) -> timm names; drops ``fc.*`` and
+    ``backbone.`` / ``module.`` prefixes.
 
     Keys already in timm layout pass through unchanged.
     """
     out: StateDict = {}
-    for key, value in state.items():
+    for key, value in strip_prefixes(state).items():
         if key.startswith(("fc.", "head.")):
             continue
         m = re.match(r"^stem\.(\d+)\.(.*)$", key)
@@ -94,17 +88,5 @@ def convert_resnet_mmseg(state: StateDict) -> StateDict:
             if m.group(1) not in _STEM_MAP:
                 raise ValueError(f"unexpected mmseg stem key {key!r} (a ResNetV1c stem has indices {sorted(_STEM_MAP)})")
             key = f"{_STEM_MAP[m.group(1)]}.{m.group(2)}"
-        out[key] = value
-    return out
-
-
-def convert_resnet_to_mmseg(state: StateDict) -> StateDict:
-    """Inverse of :func:`convert_resnet_mmseg` (timm stem names -> mmseg ``stem.*``)."""
-    inverse = {v: k for k, v in _STEM_MAP.items()}
-    out: StateDict = {}
-    for key, value in state.items():
-        m = re.match(r"^(conv1\.\d+|bn1)\.(.*)$", key)
-        if m:
-            key = f"stem.{inverse[m.group(1)]}.{m.group(2)}"
         out[key] = value
     return out

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, make_divisible
 from torch import Tensor, nn
 
-from ..checkpoints import StateDict, load_state_dict_checked, read_state_dict
 from ..layers import init_weights_
+from ..weights import StateDict, load_weights, register_converter, strip_prefixes
 
 #: Keys of the ImageNet classifier in the published classification checkpoints.
 CLASSIFICATION_HEAD_PREFIXES = ("linear.",)
@@ -304,30 +304,24 @@ class SeaFormer(nn.Module):
         return outputs
 
     def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Load a published SeaFormer ImageNet checkpoint strictly (``linear.*`` dropped).
-
-        Like the original loader, prefers ``state_dict_ema`` over ``state_dict`` / ``model``.
-        Checkpoints written by timm's train script also pickle their ``argparse.Namespace``
-        arguments; that class (and only it) is allowed in the weights-only unpickler.
-        """
-        # A plain attribute container; registering it (idempotent) keeps torch>=2.4 support,
-        # where the scoped ``safe_globals`` context manager does not exist yet.
-        torch.serialization.add_safe_globals([argparse.Namespace])
-        state = read_state_dict(path, wrappers=("state_dict_ema", "state_dict", "model"))
-        load_state_dict_checked(self, checkpoint_filter_fn(state), path, strict=True)
+        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "seaformer")`` for the
+        zoo entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now)."""
+        load_weights(self, path, "seaformer")
 
 
+# Like the original loader, prefer ``state_dict_ema`` over ``state_dict`` / ``model``. The
+# published files were written by timm's train script, which also pickles its
+# ``argparse.Namespace`` arguments: that plain attribute container (and only it) is allowed in
+# the weights-only unpickler, for these loads only.
+@register_converter(
+    "seaformer", wrappers=("state_dict_ema", "state_dict", "model"), allowed_globals=(argparse.Namespace,)
+)
 def checkpoint_filter_fn(state_dict: StateDict) -> StateDict:
     """Published classification / mmseg-backbone layout -> :class:`SeaFormer` keys.
 
     Strips ``module.`` and ``backbone.`` prefixes and drops the ImageNet classifier.
     """
-    out: StateDict = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("module.").removeprefix("backbone.")
-        if not key.startswith(CLASSIFICATION_HEAD_PREFIXES):
-            out[key] = value
-    return out
+    return {k: v for k, v in strip_prefixes(state_dict).items() if not k.startswith(CLASSIFICATION_HEAD_PREFIXES)}
 
 
 #: Architecture of SeaFormer-B and -L (spec §10.7; fudan-zvg/SeaFormer seaformer_{base,large}.py).

@@ -31,8 +31,8 @@ from timm.layers import DropPath
 from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse
 from torch import Tensor, nn
 
-from ..checkpoints import load_backbone_weights
 from ..layers import init_weights_
+from ..weights import load_weights, register_converter, strip_prefixes
 
 StateDict = dict[str, Tensor]
 
@@ -298,21 +298,10 @@ class SwinTransformer(nn.Module):
         return outs
 
     def load_pretrained(self, path: str | os.PathLike) -> list[str]:
-        """Load an ImageNet Swin checkpoint in mmseg, Microsoft or timm layout.
-
-        Raises ``ValueError`` naming the file when a weight does not fit. Returns the names left
-        at their initial values: the out-norms ``norm{i}`` when the file is not in mmseg layout
-        (mmseg also starts them from scratch).
-        """
-        from ..checkpoints import read_state_dict
-
-        state = read_state_dict(path)
-        state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
-        if any(k.startswith("layers.") for k in state):
-            state = convert_swin_official(state)
-        else:
-            state = {k: v for k, v in state.items() if not k.endswith(("relative_position_index", "attn_mask"))}
-        return load_backbone_weights(self, state, path, keep_initial=r"norm\d+\.(weight|bias)")
+        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "swin")`` for the zoo
+        entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now);
+        returns the names kept at their initial values."""
+        return load_weights(self, path, "swin").kept_initial
 
 
 def _merge_to_unfold(w: Tensor) -> Tensor:
@@ -322,11 +311,17 @@ def _merge_to_unfold(w: Tensor) -> Tensor:
     return w.transpose(-1, -2).reshape(*lead, four_c)
 
 
-def _unfold_to_merge(w: Tensor) -> Tensor:
-    """Inverse of :func:`_merge_to_unfold`."""
-    lead, four_c = w.shape[:-1], w.shape[-1]
-    w = w.reshape(*lead, four_c // 4, 4).transpose(-1, -2)[..., _MERGE_PERM, :]
-    return w.reshape(*lead, four_c)
+# The out-norms ``norm{i}`` exist only in mmseg's Swin: Microsoft / timm files leave them at their
+# initial values (mmseg also starts them from scratch).
+@register_converter("swin", keep_initial=r"norm\d+\.(weight|bias)")
+def checkpoint_filter_fn(state: StateDict) -> StateDict:
+    """A published Swin checkpoint (mmseg, Microsoft or timm layout; ``backbone.`` / ``module.``
+    prefixes stripped) -> this module's names. mmseg files keep their names, minus the
+    ``relative_position_index`` / ``attn_mask`` buffers (recomputed here)."""
+    state = strip_prefixes(state)
+    if any(k.startswith("layers.") for k in state):
+        return convert_swin_official(state)
+    return {k: v for k, v in state.items() if not k.endswith(("relative_position_index", "attn_mask"))}
 
 
 def convert_swin_official(state: StateDict) -> StateDict:
@@ -350,22 +345,5 @@ def convert_swin_official(state: StateDict) -> StateDict:
         key = re.sub(r"^layers\.", "stages.", key)
         key = key.replace(".attn.", ".attn.w_msa.")
         key = key.replace(".mlp.fc1.", ".ffn.layers.0.0.").replace(".mlp.fc2.", ".ffn.layers.1.")
-        out[key] = value
-    return out
-
-
-def convert_swin_to_official(state: StateDict) -> StateDict:
-    """ssaseg/mmseg Swin names -> Microsoft layout (inverse of :func:`convert_swin_official`;
-    the out-norms ``norm{i}`` have no Microsoft counterpart and are dropped)."""
-    out: StateDict = {}
-    for key, value in state.items():
-        if re.match(r"^norm\d+\.", key) or key.endswith("relative_position_index"):
-            continue
-        if ".downsample." in key:
-            value = _unfold_to_merge(value)
-        key = key.replace("patch_embed.projection.", "patch_embed.proj.")
-        key = re.sub(r"^stages\.", "layers.", key)
-        key = key.replace(".attn.w_msa.", ".attn.")
-        key = key.replace(".ffn.layers.0.0.", ".mlp.fc1.").replace(".ffn.layers.1.", ".mlp.fc2.")
         out[key] = value
     return out

@@ -23,8 +23,8 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from .ms_deform_attn import MSDeformAttn
-from ..checkpoints import load_backbone_weights
 from ..layers import init_weights_, map_to_tokens, tokens_to_map
+from ..weights import StateDict, load_weights, register_converter, strip_prefixes
 
 _LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -367,20 +367,21 @@ class ViTAdapter(nn.Module):
         return [self.norm1(c1), self.norm2(c2), self.norm3(c3), self.norm4(c4)]
 
     def load_pretrained(self, path: str | os.PathLike) -> list[str]:
-        """Load a timm-layout ViT checkpoint (e.g. the AugReg ViT-L/16 384 file of the configs).
+        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "vit")`` for the zoo
+        entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now);
+        returns the names kept at their initial values."""
+        return load_weights(self, path, "vit").kept_initial
 
-        The class token, final norm and classifier are dropped; every ViT weight must be present
-        and fit (the ``pos_embed`` grid must be ``pretrain_size / 16``), the adapter modules keep
-        their initial values. Raises ``ValueError`` naming the file otherwise. Returns the names
-        that kept their initial values.
-        """
-        from ..checkpoints import read_state_dict
 
-        state = read_state_dict(path)
-        state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
-        state = {k: v for k, v in state.items() if not k.startswith(("cls_token", "norm.", "head.", "fc_norm.", "pre_logits."))}
-        adapter = r"(level_embed|spm\..*|interactions\..*|up\..*|norm[1-4]\..*)"
-        return load_backbone_weights(self, state, path, keep_initial=adapter)
+# The adapter modules are not in ViT checkpoints: they keep their initial values.
+@register_converter("vit", keep_initial=r"(level_embed|spm\..*|interactions\..*|up\..*|norm[1-4]\..*)")
+def checkpoint_filter_fn(state_dict: StateDict) -> StateDict:
+    """A timm-layout ViT checkpoint (e.g. the AugReg ViT-L/16 384 file of the configs) -> the
+    ViT part of :class:`ViTAdapter`: the class token, final norm and classifier are dropped.
+    Every ViT weight must then be present and fit (the ``pos_embed`` grid must be
+    ``pretrain_size / 16``, class-token slot included)."""
+    dropped = ("cls_token", "norm.", "head.", "fc_norm.", "pre_logits.")
+    return {k: v for k, v in strip_prefixes(state_dict).items() if not k.startswith(dropped)}
 
 
 def _init_linear(m: nn.Module) -> None:

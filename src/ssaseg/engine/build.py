@@ -12,10 +12,18 @@ from ..config import ConfigError
 __all__ = ["build_model", "build_datasets", "resolve_amp", "autocast", "class_meta"]
 
 
-def build_model(cfg: dict) -> nn.Module:
-    """``create_model`` from the ``model`` section, then backbone weights / full checkpoint."""
-    from ..checkpoints import load_checkpoint, read_state_dict
+def build_model(cfg: dict, load_weights: bool = True) -> nn.Module:
+    """``create_model`` from the ``model`` section; with ``load_weights``, then the backbone weights
+    (``model.backbone_weights``: a pretrained tag such as ``imagenet``, downloaded into the cache,
+    or a local file; :func:`ssaseg.pretrained.load_backbone_weights`) and the full checkpoint
+    (``model.checkpoint``; :func:`ssaseg.checkpoints.load_checkpoint`).
+
+    ``load_weights=False`` builds the architecture only (resuming, or loading a trained checkpoint
+    right after). Weight-file problems raise :class:`ssaseg.weights.WeightsError` (a user error).
+    """
+    from ..checkpoints import load_checkpoint
     from ..models import create_model
+    from ..pretrained import load_backbone_weights
 
     mcfg = cfg["model"]
     kwargs = dict(mcfg["kwargs"])
@@ -27,19 +35,9 @@ def build_model(cfg: dict) -> nn.Module:
         raise ConfigError(f"model.name: {err.args[0]}") from None
     except TypeError as err:
         raise ConfigError(f"model.kwargs / model.classifier_kwargs do not fit {mcfg['name']!r}: {err}") from None
-    if mcfg["backbone_weights"]:
-        path = mcfg["backbone_weights"]
-        if hasattr(model.backbone, "load_pretrained"):
-            model.backbone.load_pretrained(path)
-        else:
-            state = {k.removeprefix("backbone."): v for k, v in read_state_dict(path).items()}
-            result = model.backbone.load_state_dict(state, strict=False)
-            if result.missing_keys:
-                raise ValueError(
-                    f"backbone weights {path} do not fit {mcfg['name']}'s backbone: missing "
-                    f"{', '.join(result.missing_keys[:10])}{' ...' if len(result.missing_keys) > 10 else ''}"
-                )
-    if mcfg["checkpoint"]:
+    if load_weights and mcfg["backbone_weights"]:
+        load_backbone_weights(model, mcfg["name"], mcfg["backbone_weights"])
+    if load_weights and mcfg["checkpoint"]:
         load_checkpoint(model, mcfg["checkpoint"])
     return model
 

@@ -33,18 +33,20 @@ from ..backbones.afformer import AFFormer
 from ..checkpoints import StateDict, register_key_converter
 from ..decoders.afformer_head import AFFormerDecoder
 from ..models import register_model
+from ..pretrained import PretrainedCfg, register_pretrained
 from ..segmentor import Segmentor, build_segmentor
 from ._common import arch_config
 
-#: ImageNet-1k AFFormer weights used by the SSA-Seg configs (layout = this backbone's).
-PRETRAINED_BACKBONES: dict[str, dict[str, str]] = {
-    "afformer_b": {
-        "file": "AFFormer_base_ImageNet1k_new.pth",
-        "url": "https://github.com/dongbo811/AFFormer (README: ImageNet-1k pretrained AFFormer-base)",
-        "source": "dongbo811/AFFormer, used by the SSA-Seg afformer configs via model.pretrained",
-        "layout": "afformer",
-    },
-}
+#: ImageNet-1k AFFormer weights used by the SSA-Seg configs (tag "imagenet"; this backbone's
+#: layout, converter "afformer"). Published through a README link only: no direct download URL.
+PRETRAINED_BACKBONES: dict[str, PretrainedCfg] = register_pretrained({
+    "afformer_b.imagenet": PretrainedCfg(
+        file_name="AFFormer_base_ImageNet1k_new.pth",
+        converter="afformer",
+        license="not stated by the publisher (check the source before redistributing)",
+        source="dongbo811/AFFormer README (ImageNet-1k pretrained AFFormer-base); Dong et al., AFFormer, AAAI 2023",
+    ),
+})
 
 _DEFAULTS: dict[str, Any] = dict(
     embed_dims=(32, 96, 176, 216),

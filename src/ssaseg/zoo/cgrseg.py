@@ -49,19 +49,23 @@ from ..backbones.efficientformer_v2 import EFFICIENTFORMER_V2_ARCHS, EfficientFo
 from ..checkpoints import StateDict, register_key_converter
 from ..decoders.cgr import CGRClassifier, CGRDecoder
 from ..models import register_model
+from ..pretrained import PretrainedCfg, register_pretrained
 from ..segmentor import Segmentor, build_segmentor
 from ._common import arch_config
 
-_SNAP = "https://github.com/snap-research/EfficientFormer (EfficientFormerV2 ImageNet-1k, 450 epochs)"
-
-#: Published ImageNet-1k EfficientFormerV2 weights used by the CGRSeg configs (snap layout,
-#: ``{"model": ...}``; converted on load by ``efficientformer_v2.checkpoint_filter_fn``).
-PRETRAINED_BACKBONES: dict[str, dict[str, str]] = {
-    "cgrseg_b": {"file": "eformer_s2_450.pth", "url": _SNAP, "layout": "snap",
-                 "source": "snap-research EfficientFormerV2-S2; used by the CGRSeg-B configs"},
-    "cgrseg_l": {"file": "eformer_l_450.pth", "url": _SNAP, "layout": "snap",
-                 "source": "snap-research EfficientFormerV2-L; used by the CGRSeg-L configs"},
-}
+#: Published ImageNet-1k EfficientFormerV2 weights used by the CGRSeg configs (tag "imagenet"; snap
+#: layout ``{"model": ...}``, converter "efficientformer_v2", which also reads timm's
+#: ``efficientformerv2_*`` layout). Published on Google Drive only: no direct download URL.
+PRETRAINED_BACKBONES: dict[str, PretrainedCfg] = register_pretrained({
+    f"cgrseg_{v}.imagenet": PretrainedCfg(
+        file_name=f"eformer_{size.lower()}_450.pth",
+        converter="efficientformer_v2",
+        license="Apache-2.0",
+        source=f"snap-research/EfficientFormer README (EfficientFormerV2-{size} ImageNet-1k, 450 epochs; Li et "
+        f"al., ICCV 2023); used by the CGRSeg-{v.upper()} configs",
+    )
+    for v, size in (("b", "S2"), ("l", "L"))
+})
 
 #: Backbone arch and decoder values per variant (spec §10.9 table).
 _ARCHS: dict[str, dict[str, Any]] = {

@@ -21,17 +21,23 @@ from ..backbones.resnet import ResNetV1c, convert_resnet_mmseg
 from ..checkpoints import StateDict, register_key_converter
 from ..decoders.fcn import FCNDecoder
 from ..models import register_model
+from ..pretrained import PretrainedCfg, register_pretrained
 from ..segmentor import Segmentor, build_segmentor
 from ._common import FCN_AUX_DEFAULTS, arch_config, fcn_aux_heads
 
-PRETRAINED_BACKBONES: dict[str, dict[str, str]] = {
-    "fcn_r101_d8": {
-        "file": "resnet101_v1c-e67eebb6.pth",
-        "url": "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
-        "source": "open-mmlab://resnet101_v1c (ImageNet-1k ResNetV1c-101), mmcls layout",
-        "layout": "mmseg",
-    },
-}
+#: Published ImageNet backbone weights (tag "imagenet"; mmcls ``stem.*`` layout, converter
+#: "resnet_v1c", which also reads timm's ``resnet101c`` layout from a local path).
+PRETRAINED_BACKBONES: dict[str, PretrainedCfg] = register_pretrained({
+    "fcn_r101_d8.imagenet": PretrainedCfg(
+        file_name="resnet101_v1c-e67eebb6.pth",
+        url="https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
+        sha256="e67eebb6",
+        converter="resnet_v1c",
+        license="Apache-2.0",
+        source="OpenMMLab open-mmlab://resnet101_v1c (ImageNet-1k ResNetV1c-101, mmcls layout); He et al., "
+        "Bag of Tricks, CVPR 2019 (ResNet-C stem)",
+    ),
+})
 
 _DEFAULTS: dict[str, Any] = dict(
     depth=101,

@@ -18,23 +18,24 @@ from ..classifiers import LinearClassifier
 from ..decoders.fcn import FCNDecoder
 from ..decoders.ocr import OCRDecoder
 from ..models import register_model
+from ..pretrained import PretrainedCfg, register_pretrained
 from ..segmentor import AuxHead, Segmentor, build_segmentor
 
-#: Published ImageNet weights of the backbones (kept apart from the architecture arguments).
-#: Layout "hrnet-imagenet": official HRNet-Image-Classification names, loaded by
-#: ``HRNet.load_pretrained`` (which drops the ImageNet head).
-PRETRAINED_BACKBONES: dict[str, dict[str, str]] = {
-    "hrnet_w48": {
-        "file": "hrnetv2_w48-d2186c55.pth",
-        "url": "https://download.openmmlab.com/pretrain/third_party/hrnetv2_w48-d2186c55.pth",
-        "layout": "hrnet-imagenet",
-    },
-    "hrnet_w18": {
-        "file": "hrnetv2_w18-00eb2006.pth",
-        "url": "https://download.openmmlab.com/pretrain/third_party/hrnetv2_w18-00eb2006.pth",
-        "layout": "hrnet-imagenet",
-    },
-}
+#: Published ImageNet weights of the backbones (tag "imagenet"), registered with the models and kept
+#: apart from the architecture arguments. Official HRNet-Image-Classification layout, converter
+#: "hrnet" (which drops the ImageNet head; timm's ``hrnet_w*`` files load too).
+PRETRAINED_BACKBONES: dict[str, PretrainedCfg] = register_pretrained({
+    f"ocrnet_hrnet_{w}.imagenet": PretrainedCfg(
+        file_name=f"hrnetv2_{w}-{h}.pth",
+        url=f"https://download.openmmlab.com/pretrain/third_party/hrnetv2_{w}-{h}.pth",
+        sha256=h,
+        converter="hrnet",
+        license="MIT",
+        source=f"HRNet-Image-Classification HRNetV2-{w.upper()} ImageNet-1k (Wang et al., TPAMI 2020), "
+        f"mirrored by OpenMMLab as open-mmlab://msra/hrnetv2_{w}",
+    )
+    for w, h in (("w48", "d2186c55"), ("w18", "00eb2006"))
+})
 
 
 def _ocrnet(

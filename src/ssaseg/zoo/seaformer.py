@@ -10,23 +10,22 @@ import os
 from ..backbones.seaformer import SEAFORMER_CONFIGS, SeaFormer
 from ..decoders.light_head import LightHead
 from ..models import register_model
+from ..pretrained import PretrainedCfg, register_pretrained
 from ..segmentor import Segmentor, build_segmentor
 
-#: Published ImageNet weights (fudan-zvg/SeaFormer releases), kept apart from the architecture.
-#: Layout "seaformer-cls": the original module names plus a ``linear.*`` classifier; the
-#: weights to use are ``state_dict_ema`` when present (``SeaFormer.load_pretrained``).
-PRETRAINED_BACKBONES: dict[str, dict[str, str]] = {
-    "seaformer_b": {
-        "file": "SeaFormer_B_cls_76.4.pth",
-        "url": "https://github.com/fudan-zvg/SeaFormer/releases (SeaFormer_B_cls_76.4.pth)",
-        "layout": "seaformer-cls",
-    },
-    "seaformer_l": {
-        "file": "SeaFormer_L_cls_79.9.pth",
-        "url": "https://github.com/fudan-zvg/SeaFormer/releases (SeaFormer_L_cls_79.9.pth)",
-        "layout": "seaformer-cls",
-    },
-}
+#: Published ImageNet weights (tag "imagenet"), kept apart from the architecture. The original
+#: module names plus a ``linear.*`` classifier; converter "seaformer" prefers ``state_dict_ema``,
+#: as the original loader. Published on Google Drive / Baidu only: no direct download URL.
+PRETRAINED_BACKBONES: dict[str, PretrainedCfg] = register_pretrained({
+    f"seaformer_{v}.imagenet": PretrainedCfg(
+        file_name=f"SeaFormer_{v.upper()}_cls_{acc}.pth",
+        converter="seaformer",
+        license="not stated by the publisher (check the source before redistributing)",
+        source=f"fudan-zvg/SeaFormer, seaformer-cls README (SeaFormer-{v.upper()} ImageNet-1k, top-1 {acc}; "
+        "Google Drive / Baidu links); Wan et al., SeaFormer, ICLR 2023",
+    )
+    for v, acc in (("b", "76.4"), ("l", "79.9"))
+})
 
 #: LightHead settings of the SSA configs: (channels, embed_dims).
 _HEADS: dict[str, tuple[int, list[int]]] = {

@@ -17,24 +17,28 @@ from typing import Any
 from ..backbones.mit import MixVisionTransformer
 from ..decoders.segformer import SegformerDecoder
 from ..models import register_model
+from ..pretrained import PretrainedCfg, register_pretrained
 from ..segmentor import Segmentor, build_segmentor
 from ._common import arch_config
 
 _MMSEG_PRETRAIN = "https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/segformer/"
 _HASHES = {"b0": "7e0fe6dd", "b1": "02e5a6a1", "b2": "66e8bf70", "b3": "13b1141c", "b4": "d588d980", "b5": "658746d9"}
 
-#: Published ImageNet-1k MiT weights per variant. "mmseg" layout loads as is; the original
-#: NVlabs files (``mit_b*.pth``, layout "official") are converted by ``convert_official_mit``.
-PRETRAINED_BACKBONES: dict[str, dict[str, str]] = {
-    f"segformer_{b}": {
-        "file": f"mit_{b}_20220624-{h}.pth",
-        "url": f"{_MMSEG_PRETRAIN}mit_{b}_20220624-{h}.pth",
-        "source": f"mmsegmentation (NVlabs MiT-{b.upper()} ImageNet-1k, converted to mmseg layout)"
-        + ("; used by the SSA configs" if b == "b5" else ""),
-        "layout": "mmseg",
-    }
+#: Published ImageNet-1k MiT weights per variant (tag "imagenet"), registered with the models.
+#: The files are mmseg's conversion of NVlabs' ``mit_b*.pth``; converter "mit" also reads the
+#: NVlabs / smp and HF transformers (``nvidia/mit-b*``) layouts from a local path.
+PRETRAINED_BACKBONES: dict[str, PretrainedCfg] = register_pretrained({
+    f"segformer_{b}.imagenet": PretrainedCfg(
+        file_name=f"mit_{b}_20220624-{h}.pth",
+        url=f"{_MMSEG_PRETRAIN}mit_{b}_20220624-{h}.pth",
+        sha256=h,
+        converter="mit",
+        license="NVIDIA Source Code License for SegFormer (non-commercial)",
+        source=f"mmsegmentation (NVlabs MiT-{b.upper()} ImageNet-1k, converted to mmseg layout); Xie et al., "
+        "SegFormer, NeurIPS 2021" + ("; used by the SSA configs" if b == "b5" else ""),
+    )
     for b, h in _HASHES.items()
-}
+})
 
 #: Architecture per variant (mmseg's segformer_mit-b*.py): base width and blocks per stage.
 _ARCHS: dict[str, dict[str, Any]] = {

@@ -17,23 +17,28 @@ from typing import Any
 from ..backbones.mscan import MSCAN
 from ..decoders.ham import LightHamDecoder
 from ..models import register_model
+from ..pretrained import PretrainedCfg, register_pretrained
 from ..segmentor import Segmentor, build_segmentor
 from ._common import arch_config
 
 _MMSEG_PRETRAIN = "https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/segnext/"
 
-#: Published ImageNet-1k MSCAN weights per variant (all in this backbone's layout, "mscan").
-PRETRAINED_BACKBONES: dict[str, dict[str, str]] = {
-    "segnext_t": {"file": "mscan_t_20230227-119e8c9f.pth", "url": _MMSEG_PRETRAIN + "mscan_t_20230227-119e8c9f.pth",
-                  "source": "mmsegmentation (SegNeXt MSCAN-T, ImageNet-1k); used by the SSA configs", "layout": "mscan"},
-    "segnext_s": {"file": "mscan_s_20230227-f33ccdf2.pth", "url": _MMSEG_PRETRAIN + "mscan_s_20230227-f33ccdf2.pth",
-                  "source": "mmsegmentation (SegNeXt MSCAN-S, ImageNet-1k)", "layout": "mscan"},
-    "segnext_b": {"file": "mscan_b_20230227-3ab7d230.pth", "url": _MMSEG_PRETRAIN + "mscan_b_20230227-3ab7d230.pth",
-                  "source": "mmsegmentation (SegNeXt MSCAN-B, ImageNet-1k)", "layout": "mscan"},
-    "segnext_l": {"file": "mscan_l_20230227-cef260d4.pth", "url": _MMSEG_PRETRAIN + "mscan_l_20230227-cef260d4.pth",
-                  "source": "mmsegmentation (SegNeXt MSCAN-L, ImageNet-1k); the SSA configs name the SegNeXt "
-                            "release's mscan_l.pth, same layout", "layout": "mscan"},
-}
+#: Published ImageNet-1k MSCAN weights per variant (tag "imagenet"; this backbone's layout,
+#: converter "mscan"), registered with the models.
+_MSCAN_FILES = {"t": "119e8c9f", "s": "f33ccdf2", "b": "3ab7d230", "l": "cef260d4"}
+PRETRAINED_BACKBONES: dict[str, PretrainedCfg] = register_pretrained({
+    f"segnext_{v}.imagenet": PretrainedCfg(
+        file_name=f"mscan_{v}_20230227-{h}.pth",
+        url=f"{_MMSEG_PRETRAIN}mscan_{v}_20230227-{h}.pth",
+        sha256=h,
+        converter="mscan",
+        license="Apache-2.0",
+        source=f"mmsegmentation (SegNeXt MSCAN-{v.upper()}, ImageNet-1k); Guo et al., SegNeXt, NeurIPS 2022"
+        + {"t": "; used by the SSA configs",
+           "l": "; the SSA configs name the SegNeXt release's mscan_l.pth, same layout"}.get(v, ""),
+    )
+    for v, h in _MSCAN_FILES.items()
+})
 
 #: Architecture per variant: backbone (embed_dims, depths, drop_path_rate) and head
 #: (channels = ham_channels, NMF rank md_r). mlp_ratios are 8,8,4,4 everywhere.

@@ -25,23 +25,30 @@ from typing import Any
 from ..backbones.swin import SwinTransformer
 from ..checkpoints import StateDict, register_key_converter
 from ..models import register_model
+from ..pretrained import PretrainedCfg, register_pretrained
 from ..segmentor import Segmentor
 from ._common import UPERNET_DEFAULTS, arch_config, upernet_segmentor
 
 _MMSEG_PRETRAIN = "https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/swin/"
 
-#: ImageNet Swin weights named by the SSA configs (mmseg layout).
-PRETRAINED_BACKBONES: dict[str, dict[str, str]] = {
-    "upernet_swin_t": {"file": "swin_tiny_patch4_window7_224_20220317-1cdeb081.pth",
-                       "url": _MMSEG_PRETRAIN + "swin_tiny_patch4_window7_224_20220317-1cdeb081.pth",
-                       "source": "mmsegmentation (Microsoft Swin-T ImageNet-1k, converted)", "layout": "mmseg"},
-    "upernet_swin_b": {"file": "swin_base_patch4_window7_224_20220317-e9b98025.pth",
-                       "url": _MMSEG_PRETRAIN + "swin_base_patch4_window7_224_20220317-e9b98025.pth",
-                       "source": "mmsegmentation (Microsoft Swin-B ImageNet-1k, converted)", "layout": "mmseg"},
-    "upernet_swin_l": {"file": "swin_large_patch4_window7_224_22k_20220412-aeecf2aa.pth",
-                       "url": _MMSEG_PRETRAIN + "swin_large_patch4_window7_224_22k_20220412-aeecf2aa.pth",
-                       "source": "mmsegmentation (Microsoft Swin-L ImageNet-22k, converted)", "layout": "mmseg"},
-}
+#: ImageNet Swin weights named by the SSA configs (tag "imagenet"; mmseg layout, converter "swin",
+#: which also reads the Microsoft and timm layouts from a local path).
+PRETRAINED_BACKBONES: dict[str, PretrainedCfg] = register_pretrained({
+    f"upernet_swin_{v}.imagenet": PretrainedCfg(
+        file_name=f"{name}-{h}.pth",
+        url=f"{_MMSEG_PRETRAIN}{name}-{h}.pth",
+        sha256=h,
+        converter="swin",
+        license="MIT",
+        source=f"mmsegmentation (Microsoft Swin-{v.upper()} ImageNet-{data}, converted to mmseg layout); "
+        "Liu et al., Swin Transformer, ICCV 2021",
+    )
+    for v, name, h, data in (
+        ("t", "swin_tiny_patch4_window7_224_20220317", "1cdeb081", "1k"),
+        ("b", "swin_base_patch4_window7_224_20220317", "e9b98025", "1k"),
+        ("l", "swin_large_patch4_window7_224_22k_20220412", "aeecf2aa", "22k"),
+    )
+})
 
 _ARCHS: dict[str, dict[str, Any]] = {
     "upernet_swin_t": dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),

@@ -21,20 +21,23 @@ from typing import Any
 
 from ..backbones.vit_adapter import ViTAdapter
 from ..models import register_model
+from ..pretrained import PretrainedCfg, register_pretrained
 from ..segmentor import Segmentor
 from ._common import UPERNET_DEFAULTS, arch_config, upernet_segmentor
 
 #: The AugReg ViT-L/16 (ImageNet-21k, fine-tuned on ImageNet-1k at 384) named by the configs,
-#: in timm layout as released by the ViT-Adapter project.
-PRETRAINED_BACKBONES: dict[str, dict[str, str]] = {
-    "upernet_vit_adapter_l": {
-        "file": "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384.pth",
-        "url": "https://github.com/czczup/ViT-Adapter/releases/download/v0.3.1/"
-               "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384.pth",
-        "source": "AugReg (Steiner et al.) ViT-L/16 384, converted to timm layout by the ViT-Adapter project",
-        "layout": "timm",
-    },
-}
+#: in timm layout as released by the ViT-Adapter project (tag "imagenet", converter "vit").
+_AUGREG_L16 = "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384.pth"
+PRETRAINED_BACKBONES: dict[str, PretrainedCfg] = register_pretrained({
+    "upernet_vit_adapter_l.imagenet": PretrainedCfg(
+        file_name=_AUGREG_L16,
+        url=f"https://github.com/czczup/ViT-Adapter/releases/download/v0.3.1/{_AUGREG_L16}",
+        converter="vit",
+        license="Apache-2.0",
+        source="AugReg (Steiner et al., How to train your ViT, TMLR 2022) ViT-L/16 384, converted to timm "
+        "layout by the ViT-Adapter project (czczup/ViT-Adapter release v0.3.1)",
+    ),
+})
 
 _DEFAULTS: dict[str, Any] = dict(
     pretrain_size=384,
