@@ -106,6 +106,7 @@ DEFAULTS: dict[str, Any] = {
         "work_dir": None,
         "find_unused_parameters": False,
         "max_keep_checkpoints": 0,
+        "nonfinite": "stop",
     },
     "evaluation": {
         "mode": "whole",
@@ -123,6 +124,7 @@ _CHOICES = {
     "model.classifier": ("ssa", "linear"),
     "optimizer.type": ("adamw", "sgd"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
+    "train.nonfinite": ("stop", "skip"),
     "evaluation.mode": ("whole", "slide"),
 }
 # Types of keys whose default is None (None is always allowed for them).
