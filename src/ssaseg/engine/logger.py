@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["json_safe", "RunLogger", "read_jsonl", "format_metrics_table"]
+__all__ = ["json_safe", "RunLogger", "format_metrics_table"]
 
 
 def json_safe(value: Any) -> Any:
@@ -49,12 +49,6 @@ class RunLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of a JSONL log."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def format_metrics_table(metrics: dict[str, Any], per_class: bool = True) -> str:

@@ -210,7 +210,7 @@ class _Run:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             if self.dist.is_main:
-                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(losses.items()))
+                terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in sorted(losses.items()))
                 print(f"iteration {it + 1}: non-finite loss ({terms}); update skipped (train.nonfinite=skip)",
                       file=sys.stderr)
             return None
