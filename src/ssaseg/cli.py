@@ -75,7 +75,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                            overwrite=args.overwrite, progress=not args.no_progress)
     print(f"wrote {len(result.written)} files to {args.out}")
     if result.skipped:
-        print(f"ssaseg predict: error: skipped {len(result.skipped)} unreadable input(s) (listed above)", file=sys.stderr)
+        shown = "; ".join(reason for _, reason in result.skipped[:3]) + (" ..." if len(result.skipped) > 3 else "")
+        print(f"ssaseg predict: error: skipped {len(result.skipped)} unreadable input(s): {shown}", file=sys.stderr)
         return EXIT_USAGE
     return 0
 

@@ -152,20 +152,26 @@ def resize_window(x: Tensor, size: Sequence[int], rows: tuple[int, int], cols: t
     return torch.lerp(band[..., x0], band[..., x1], wx)
 
 
+#: Elements (K x tile²) of one float tile of :func:`predict_labels_tiled` by default: 16 MB.
+TILE_ELEMENTS = 2**22
+
+
 def predict_labels_tiled(
-    model: nn.Module, images: Tensor, ori_size: Sequence[int], tile: int = 1024, **kwargs
+    model: nn.Module, images: Tensor, ori_size: Sequence[int], tile: int | None = None, **kwargs
 ) -> Tensor:
     """:func:`predict_labels` for images of any original size, in ``O(K x (network size + tile²))``
     memory instead of ``O(K x H0 x W0)``.
 
     The logits of every scale / flip are computed once at the network's resolution (bounded by
     the test pipeline's scale; large test images use ``mode="slide"`` there). Each ``tile x tile``
-    block of the original size is then resized, softmaxed, averaged and argmaxed on its own.
-    Returns ``(B,H0,W0)`` class ids, ``uint8`` when ``K <= 256`` (else ``int32``).
+    block of the original size is then resized, softmaxed, averaged and argmaxed on its own;
+    ``tile`` defaults to ``sqrt(TILE_ELEMENTS / K)``. Returns ``(B,H0,W0)`` class ids, ``uint8``
+    when ``K <= 256`` (else ``int32``).
     """
     height, width = (int(s) for s in ori_size)
     maps = [logits.float() for logits in _tta_logits(model, images, **kwargs)]
     b, k = maps[0].shape[:2]
+    tile = tile or max(32, math.isqrt(TILE_ELEMENTS // k))
     out = torch.empty(b, height, width, dtype=torch.uint8 if k <= 256 else torch.int32, device=images.device)
     for y in range(0, height, tile):
         for x in range(0, width, tile):

@@ -180,7 +180,7 @@ def predict_files(
     device: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
-    tile: int = 1024,
+    tile: int | None = None,
 ) -> PredictResult:
     """Write ``_mask.png`` (class ids, palette) and ``_overlay.png`` per input (module docstring).
 
