@@ -57,10 +57,11 @@ class Diverging(nn.Module):
         out = self.inner(images, targets)
         if self.training:
             self.calls += 1
-            if self.calls >= self.nan_at and self.mode == "loss":
+            active = self.calls >= self.nan_at
+            probe = self.probe.sqrt() if active and self.mode == "grad" else self.probe * 0.0  # always used (DDP)
+            out = {**out, "loss": out["loss"] + probe}
+            if active and self.mode == "loss":
                 out = {k: v * float("nan") for k, v in out.items()}
-            elif self.calls >= self.nan_at:
-                out = {**out, "loss": out["loss"] + self.probe.sqrt()}
         return out
 
     def deploy(self):

@@ -151,3 +151,40 @@ def test_resume_model_mismatch_names_the_checkpoint_file(tmp_path):
     torch.save(ckpt, res.checkpoint)
     with pytest.raises(ValueError, match=r"checkpoint .*iter_2.pth does not fit"):
         _run(cfg, resume=str(res.checkpoint))
+
+
+def _ddp_diverging_worker(rank, world, port, work_dir, out_dir):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    # only rank 1's loss turns NaN (at iteration 3); rank 0 sees it through the gradient all-reduce
+    cfg = toy_config(work_dir, model={"name": "engine_toy_diverging", "kwargs": {"nan_at": 3 if rank else 100}},
+                     data={"batch_size": 1}, train={"log_interval": 4, "checkpoint_interval": 2})
+    try:
+        train(cfg, train_dataset=FakeSegDataset(8), val_dataset=FakeSegDataset(2, train=False), progress=False,
+              tensorboard=False, device="cpu")
+        outcome = "finished"
+    except NonFiniteError as err:
+        outcome = str(err)
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as fh:
+        fh.write(outcome)
+
+
+@pytest.mark.timeout(300)
+def test_ddp_ranks_stop_together_at_the_first_bad_iteration(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_diverging_worker, args=(2, port, str(tmp_path / "run"), str(tmp_path)), nprocs=2,
+                       join=True, start_method="fork")
+    for rank in (0, 1):
+        assert "training diverged at iteration 3 " in (tmp_path / f"rank{rank}.txt").read_text()
+    assert sorted(p.name for p in (tmp_path / "run").glob("iter_*.pth")) == ["iter_2.pth"]
