@@ -140,6 +140,8 @@ def test_config_differences_ignore_only_the_safe_keys():
     base = toy_config("a")
     other = toy_config("b", train={"log_interval": 9}, evaluation={"mode": "slide"}, model={"sync_bn": True})
     assert config_differences(base, other) == ["model.sync_bn: False -> True"]
+    older = {**base, "schedule": {k: v for k, v in base["schedule"].items() if k != "min_lr"}}
+    assert config_differences(older, base) == []  # a key the old run did not know: its default
     assert "train.seed" not in RESUME_SAFE_KEYS and "train.log_interval" in RESUME_SAFE_KEYS
 
 

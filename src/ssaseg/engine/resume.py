@@ -54,7 +54,8 @@ def _is_safe(key: str) -> bool:
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(cfg, dict) and cfg:
+    """``{"a.b": leaf}``; an empty mapping has no leaves (``kwargs: {}`` equals an absent key)."""
+    if isinstance(cfg, dict):
         out: dict[str, Any] = {}
         for k, v in cfg.items():
             out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
@@ -63,12 +64,17 @@ def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
-    """``key: old -> new`` for every run-defining key that differs (safe keys are ignored)."""
-    a, b = _flatten(old), _flatten(new)
+    """``key: old -> new`` for every run-defining key that differs (safe keys are ignored).
+
+    A key missing from ``old`` (a checkpoint written before the key existed) counts as its default.
+    """
+    from ..config import DEFAULTS
+
+    a, b, defaults = _flatten(old), _flatten(new), _flatten(DEFAULTS)
     missing = object()
     lines = []
     for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key, missing), b.get(key, missing)
+        va, vb = a.get(key, defaults.get(key, missing)), b.get(key, missing)
         if va != vb and not _is_safe(key):
             fmt = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
             lines.append(f"{key}: {fmt(va)} -> {fmt(vb)}")

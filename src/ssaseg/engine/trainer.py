@@ -448,10 +448,9 @@ def test(
     model.to(dist_info.device)
     metrics = evaluate(model, dataset, cfg, dist_info, resolve_amp(cfg["train"]["amp"], dist_info.device), progress)
     if dist_info.is_main:
-        work_dir = Path(cfg["train"]["work_dir"])
-        work_dir.mkdir(parents=True, exist_ok=True)
         kind = "multi" if aug_test else "single"
-        out = work_dir / f"eval_{kind}_scale_{time.strftime('%Y%m%d_%H%M%S')}.json"
-        out.write_text(json.dumps(json_safe({"checkpoint": str(checkpoint), **metrics}), indent=2))
+        out = Path(cfg["train"]["work_dir"]) / f"eval_{kind}_scale_{time.strftime('%Y%m%d_%H%M%S')}.json"
+        text = json.dumps(json_safe({"checkpoint": str(checkpoint), **metrics}), indent=2).encode()
+        atomic_write(out, lambda fh: fh.write(text))
     return metrics
 
