@@ -57,6 +57,11 @@ def test_folder_input_keeps_sub_folders(tmp_path, checkpoint):
     res = predict_files(checkpoint, [str(tmp_path / "in")], tmp_path / "out", device="cpu")
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in res.written) == [
         "deep/x_mask.png", "deep/x_overlay.png", "x_mask.png", "x_overlay.png"]
+    # an output folder inside the input folder: earlier predictions are not taken as inputs
+    res = predict_files(checkpoint, [str(tmp_path / "in")], tmp_path / "in" / "pred", device="cpu")
+    assert len(res.written) == 4
+    res = predict_files(checkpoint, [str(tmp_path / "in")], tmp_path / "in" / "pred", device="cpu", overwrite=True)
+    assert len(res.written) == 4
 
 
 def test_existing_outputs_are_never_overwritten_without_the_flag(tmp_path, checkpoint):

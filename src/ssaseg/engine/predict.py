@@ -83,15 +83,19 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return lut[labels.astype(np.intp)]
 
 
-def _expand_inputs(inputs: Iterable[str]) -> tuple[list[Path], Path]:
-    """The image files of ``inputs`` (files, or folders searched recursively) and the deepest
-    folder common to all of them."""
+def _expand_inputs(inputs: Iterable[str], out_dir: Path) -> tuple[list[Path], Path]:
+    """The image files of ``inputs`` (files, or folders searched recursively, leaving out
+    ``out_dir``: earlier predictions are not inputs) and the deepest folder common to all of them."""
     files: list[Path] = []
     roots: list[Path] = []
+    out_dir = out_dir.resolve()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
+            found = sorted(
+                f for f in p.rglob("*")
+                if f.suffix.lower() in IMAGE_SUFFIXES and not f.resolve().is_relative_to(out_dir) and not f.is_dir()
+            )
             if not found:
                 raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in directory {p}")
             files += found
@@ -197,8 +201,8 @@ def predict_files(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    files, common = _expand_inputs(inputs)
     out = Path(out_dir)
+    files, common = _expand_inputs(inputs, out)
     targets = {f: (out / f"{s}_mask.png", out / f"{s}_overlay.png") for f, s in output_stems(files, common).items()}
     if not overwrite:
         existing = [t for pair in targets.values() for t in pair if t.exists()]

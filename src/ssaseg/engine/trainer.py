@@ -136,8 +136,8 @@ class _Run:
     :meth:`step` (one iteration), :meth:`log_interval_end`, :meth:`evaluate`, :meth:`save`.
     """
 
-    def __init__(self, cfg: dict, dist_info: DistInfo, work: WorkDir, train_dataset: Any, start: int,
-                 progress: bool, tensorboard: bool) -> None:
+    def __init__(self, cfg: dict, dist_info: DistInfo, work: WorkDir, train_dataset: Any, progress: bool,
+                 tensorboard: bool) -> None:
         self.cfg, self.dist, self.work = cfg, dist_info, work
         self.tcfg = cfg["train"]
         self.progress = progress
@@ -158,7 +158,7 @@ class _Run:
         self.meta = class_meta(train_dataset, cfg["model"]["num_classes"])
         self.train_dataset = train_dataset
         self.loader = self.sampler = None
-        self.start = start
+        self.start = 0  # set by restore()
         self.guard: NonFiniteGuard | None = None
         self.logger = RunLogger(work.path, enabled=dist_info.is_main, tensorboard=tensorboard)
 
@@ -356,7 +356,7 @@ def train(
             built_train, built_val = build_datasets(cfg, train=train_dataset is None, val=val_dataset is None)
             train_dataset = train_dataset if train_dataset is not None else built_train
             val_dataset = val_dataset if val_dataset is not None else built_val
-        run = _Run(cfg, dist_info, work, train_dataset, 0, progress, tensorboard)
+        run = _Run(cfg, dist_info, work, train_dataset, progress, tensorboard)
         try:
             if ckpt is not None:
                 run.restore(ckpt, ckpt_path)
