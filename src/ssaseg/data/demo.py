@@ -248,10 +248,10 @@ def ensure_demo_dataset(cache_dir: str | os.PathLike | None = None) -> Path:
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     root = cache / f"demo-v{DEMO_VERSION}"
+    _remove_abandoned_builds(cache)
     if _is_current(root):
         return root
     cache.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_builds(cache)
     tmp = Path(tempfile.mkdtemp(prefix=f".demo-v{DEMO_VERSION}.building-{os.getpid()}-", dir=cache))
     try:
         build_demo_dataset(tmp)
