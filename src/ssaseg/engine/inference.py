@@ -127,7 +127,9 @@ def predict_labels(model: nn.Module, images: Tensor, ori_size: Sequence[int], **
     return predict_probs(model, images, ori_size, **kwargs).argmax(1)
 
 
-def _source_index(in_len: int, out_len: int, start: int, stop: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+def _source_index(
+    in_len: int, out_len: int, start: int, stop: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
     """Bilinear (align_corners False) source rows ``i0, i1`` and weight of ``i1`` for output
     positions ``start:stop`` of a resize from ``in_len`` to ``out_len`` (PyTorch's formula)."""
     scale = in_len / out_len

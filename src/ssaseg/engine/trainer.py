@@ -32,7 +32,6 @@ from torch.utils.data import DataLoader, Subset
 
 from ..checkpoints import load_state_dict_checked
 from ..config import dump_config
-from ..data.io import atomic_write
 from .build import autocast, build_datasets, build_model, class_meta, resolve_amp
 from .inference import predict_labels
 from .loader import build_train_loader, shard_indices
@@ -344,6 +343,8 @@ def train(
         ResumeError: the checkpoint cannot continue this run (lists each differing key).
         NonFiniteError: the loss or the weights became NaN/inf (``train.nonfinite=stop``).
     """
+    from ..data.io import atomic_write
+
     dist_info = init_distributed(device)
     work = WorkDir(cfg["train"]["work_dir"], owner=dist_info.is_main)
     with work.locked():
@@ -435,6 +436,7 @@ def test(
     import json
 
     from ..checkpoints import load_checkpoint
+    from ..data.io import atomic_write
 
     dist_info = init_distributed(device)
     if aug_test:

@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from ..data.io import TEMP_SUFFIX, atomic_write
 from .state import checkpoint_iterations
 
 try:
@@ -76,6 +75,8 @@ class WorkDir:
 
     def remove_temp_files(self) -> list[Path]:
         """Delete the temp files of writes that were killed half-way (call while holding the lock)."""
+        from ..data.io import TEMP_SUFFIX  # the data package is imported only when a run starts
+
         if not self.owner or not self.path.is_dir():
             return []
         stale = [p for p in self.path.glob(f".*{TEMP_SUFFIX}") if p.is_file()]
@@ -112,6 +113,8 @@ class WorkDir:
                     stale.unlink(missing_ok=True)
 
     def _point_latest(self, checkpoint: Path) -> None:
+        from ..data.io import TEMP_SUFFIX, atomic_write
+
         latest = self.path / LATEST
         tmp = self.path / f".{LATEST}.{os.getpid()}{TEMP_SUFFIX}"
         tmp.unlink(missing_ok=True)
@@ -128,6 +131,8 @@ class WorkDir:
 
     def trim_log(self, last_iteration: int) -> None:
         """Keep the ``log.jsonl`` records with ``iter <= last_iteration`` (all of them go at 0)."""
+        from ..data.io import atomic_write
+
         log = self.path / LOG_FILE
         if not self.owner or not log.is_file():
             return
