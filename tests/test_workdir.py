@@ -135,3 +135,11 @@ def test_disk_full_while_saving_names_the_file_and_keeps_the_old_one(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old_handler)
     assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_failed_log_write_names_the_file(tmp_path):
+    from ssaseg.engine.logger import RunLogger
+
+    (tmp_path / "log.jsonl").mkdir()  # any write failure (full disk, ...) surfaces like this one
+    with pytest.raises(OSError, match=f"cannot append to {tmp_path / 'log.jsonl'}"):
+        RunLogger(tmp_path, tensorboard=False).log({"iter": 1})

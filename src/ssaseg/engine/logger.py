@@ -38,8 +38,11 @@ class RunLogger:
     def log(self, record: dict[str, Any], scalars: dict[str, float] | None = None, step: int | None = None) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(json_safe(record)) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(json_safe(record)) + "\n")
+        except OSError as err:  # e.g. a full disk: name the file
+            raise OSError(err.errno, f"cannot append to {self.path}: {err.strerror or err}") from err
         if self._writer is not None and scalars:
             for key, value in scalars.items():
                 if value is not None and math.isfinite(value):
