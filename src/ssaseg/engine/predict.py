@@ -139,7 +139,7 @@ def output_stems(files: list[Path], common: Path) -> dict[Path, Path]:
 def _check_network_size(cfg: dict, source: str) -> None:
     tp, ecfg = cfg["data"]["test_pipeline"], cfg["evaluation"]
     scale = [int(s) for s in tp["scale"]]
-    ratio = max(float(r) for r in ecfg["scales"])
+    ratio = max((float(r) for r in ecfg["scales"]), default=1.0)
     pixels = scale[0] * scale[1] * ratio * ratio
     if pixels > MAX_NETWORK_PIXELS:
         raise ConfigError(
