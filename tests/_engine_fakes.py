@@ -42,8 +42,48 @@ def engine_toy(num_classes: int, classifier: str = "ssa", classifier_kwargs: dic
     return build_segmentor(backbone, decoder, num_classes, classifier, classifier_kwargs, **kw)
 
 
-if "engine_toy" not in _ENTRYPOINTS:  # the test modules may import this helper more than once
-    register_model(engine_toy)
+class Diverging(nn.Module):
+    """Wraps a segmentor so that a run diverges at a known iteration: from the ``nan_at``-th
+    training forward on, every loss term is NaN (``mode="loss"``), or the loss stays finite but a
+    probe parameter gets an infinite gradient (``mode="grad"``: ``d sqrt(p) / dp`` at 0), which
+    turns the weights NaN in the update."""
+
+    def __init__(self, inner: nn.Module, nan_at: int, mode: str = "loss") -> None:
+        super().__init__()
+        self.inner, self.nan_at, self.mode, self.calls = inner, nan_at, mode, 0
+        self.probe = nn.Parameter(torch.zeros(()))
+
+    def forward(self, images, targets=None):
+        out = self.inner(images, targets)
+        if self.training:
+            self.calls += 1
+            active = self.calls >= self.nan_at
+            probe = self.probe.sqrt() if active and self.mode == "grad" else self.probe * 0.0  # always used (DDP)
+            out = {**out, "loss": out["loss"] + probe}
+            if active and self.mode == "loss":
+                out = {k: v * float("nan") for k, v in out.items()}
+        return out
+
+    def deploy(self):
+        self.inner.deploy()
+        return self
+
+
+def engine_toy_diverging(num_classes: int, nan_at: int = 3, mode: str = "loss", **kw):
+    return Diverging(engine_toy(num_classes, **kw), nan_at, mode)
+
+
+for _fn in (engine_toy, engine_toy_diverging):
+    if _fn.__name__ not in _ENTRYPOINTS:  # the test modules may import this helper more than once
+        register_model(_fn)
+
+
+def read_jsonl(path) -> list[dict]:
+    """All records of a JSONL log."""
+    import json
+
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def make_sample(index: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:

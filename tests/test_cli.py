@@ -60,13 +60,23 @@ def test_train_test_predict(tmp_path, tiny_cfg, capsys):
     assert "mIoU" in out and "digit 9" in out
     assert list(work.glob("eval_single_scale_*.json"))
 
+    # small[0] is in validation/ and, under the same name, in mini/: both predictions are kept
     pred_dir = tmp_path / "pred"
     assert run(["predict", str(ckpt), str(small[0]), str(root / "images" / "mini"), "--out", str(pred_dir),
-                "--device", "cpu"]) == 0
-    masks = sorted(pred_dir.glob("*_mask.png"))
-    assert len(masks) == 3 and len(list(pred_dir.glob("*_overlay.png"))) == 3
-    mask = np.asarray(Image.open(masks[0]))
-    assert mask.shape == (128, 128, 3)  # original image size
+                "--device", "cpu", "--no-progress"]) == 0
+    assert "wrote 8 files" in capsys.readouterr().out
+    masks = sorted(pred_dir.rglob("*_mask.png"))
+    assert [m.relative_to(pred_dir).as_posix() for m in masks] == (
+        [f"mini/{f.stem}_mask.png" for f in small] + [f"validation/{small[0].stem}_mask.png"])
+    assert len(list(pred_dir.rglob("*_overlay.png"))) == 4
+    mask = Image.open(masks[0])
+    assert mask.mode == "P" and mask.size == (128, 128)  # original image size, class ids + palette
+    ids = np.asarray(mask)
+    assert ids.max() < 14
+    palette = np.asarray(mask.getpalette()[: 14 * 3]).reshape(14, 3)
+    overlay = np.asarray(Image.open(pred_dir / "mini" / f"{small[0].stem}_overlay.png").convert("RGB"))
+    image = np.asarray(Image.open(small[0]).convert("RGB"))
+    np.testing.assert_allclose(overlay, 0.5 * image + 0.5 * palette[ids], atol=1)
 
 
 def test_user_errors_exit_2_without_traceback(tmp_path, tiny_cfg, capsys):

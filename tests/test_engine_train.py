@@ -66,11 +66,11 @@ def test_checkpoint_contents_and_incompatible_resume(tmp_path):
     assert ckpt["config"] == cfg and ckpt["meta"]["classes"] == FakeSegDataset.classes
     assert (tmp_path / "config.yaml").is_file()
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
-    other = toy_config(str(tmp_path), schedule={"max_iters": 4}, data={"batch_size": 3})
-    with pytest.raises(ValueError, match="sampler position"):
+    other = toy_config(str(tmp_path), data={"batch_size": 3})
+    with pytest.raises(ValueError, match=r"data.batch_size: 2 -> 3"):
         _run(other, resume=str(res.checkpoint))
-    wide = toy_config(str(tmp_path), schedule={"max_iters": 4}, model={"kwargs": {"width": 16}})
-    with pytest.raises(ValueError, match="does not fit"):
+    wide = toy_config(str(tmp_path), model={"kwargs": {"width": 16}})
+    with pytest.raises(ValueError, match=r"model.kwargs.width: \(absent\) -> 16"):
         _run(wide, resume=str(res.checkpoint))
 
 
@@ -82,12 +82,11 @@ def test_demo_data_train_resume_test(tmp_path):
         data={"dataset": "demo", "root": str(tmp_path / "cache"), "reduce_zero_label": False,
               "train_pipeline": {"scale": [64, 64], "crop_size": [64, 64]},
               "test_pipeline": {"scale": [64, 64], "resize_to_multiple": 32}},
-        schedule={"max_iters": 2},
+        schedule={"max_iters": 3},
         train={"checkpoint_interval": 0, "eval_interval": 0},
     )
-    train(cfg, progress=False, tensorboard=False)
-    cfg["schedule"]["max_iters"] = 3
-    cfg["train"]["eval_interval"] = 3
+    train(cfg, progress=False, tensorboard=False, stop_after=2)
+    cfg["train"]["eval_interval"] = 3  # safe to change on resume
     from ssaseg.data import build_dataset
 
     val = build_dataset(cfg["data"], "validation", train=False)

@@ -71,8 +71,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides) if args.config else None
     if args.overrides and cfg is None:
         raise ValueError("--set needs --config for predict (the stored config is used as is)")
-    written = predict_files(args.checkpoint, args.inputs, args.out, cfg=cfg, opacity=args.opacity, device=args.device)
-    print(f"wrote {len(written)} files to {args.out}")
+    result = predict_files(args.checkpoint, args.inputs, args.out, cfg=cfg, opacity=args.opacity, device=args.device,
+                           overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"wrote {len(result.written)} files to {args.out}")
+    if result.skipped:
+        shown = "; ".join(reason for _, reason in result.skipped[:3]) + (" ..." if len(result.skipped) > 3 else "")
+        print(f"ssaseg predict: error: skipped {len(result.skipped)} unreadable input(s): {shown}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 
@@ -137,13 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=_cmd_test)
 
-    p = sub.add_parser("predict", help="write colourised masks and overlays for images")
+    p = sub.add_parser("predict", help="write class-id masks (palette PNGs) and overlays for images")
     p.add_argument("checkpoint", help="a checkpoint written by `ssaseg train` (it carries its config)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--config", help="use this config instead of the one stored in the checkpoint")
     _add_set(p)
     p.add_argument("--opacity", type=float, default=0.5, help="mask opacity of the overlay (default 0.5)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (default: refuse)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_device(p)
     p.set_defaults(func=_cmd_predict)
 

@@ -244,6 +244,10 @@ class TrainConfig:
     work_dir: str | None = setting(None, "run directory (null: `runs/<config stem>`)")
     find_unused_parameters: bool = setting(False, "DDP `find_unused_parameters`")
     max_keep_checkpoints: int = setting(0, "keep only the newest N `iter_*.pth` (0 keeps all)", check=NON_NEGATIVE)
+    nonfinite: str = setting(
+        "stop", "a NaN/inf loss: `stop` the run (exit 2) or `skip` the update (one host sync per step)",
+        choices=("stop", "skip"),
+    )
 
 
 @dataclass

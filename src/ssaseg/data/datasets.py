@@ -112,6 +112,10 @@ def _match(images: dict[str, Path], label_for: Callable[[str], Path], where: str
         raise DataError(f"split is empty: no images found in {where}")
     pairs = [(images[k], label_for(k)) for k in sorted(images)]
     missing = [(img, lab) for img, lab in pairs if not lab.is_file()]
+    unresolvable = [lab for _, lab in missing if lab.is_symlink()]
+    if unresolvable:
+        raise DataError(f"label {unresolvable[0]} is a symbolic link that does not resolve to a file "
+                        f"(a link loop or a dangling target) in {where}")
     if missing:
         shown = "\n".join(f"  {lab}  (for {img})" for img, lab in missing[:5])
         more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""

@@ -25,6 +25,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -208,6 +209,36 @@ def _is_current(root: Path) -> bool:
     return stamp.is_file() and stamp.read_text() == _stamp_text()
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def _remove_abandoned_builds(cache: Path) -> None:
+    """Delete the temporary folders of builds whose process died (killed mid-build).
+
+    The folder name carries the builder's pid; a folder without one (older versions) or from
+    another machine sharing the cache is removed once it is a day old.
+    """
+    for entry in cache.glob(".demo-v*.building-*"):
+        pid_part = entry.name.rsplit(".building-", 1)[1].split("-", 1)[0]
+        try:
+            abandoned = not _process_alive(int(pid_part))
+        except ValueError:
+            abandoned = False
+        try:
+            abandoned = abandoned or time.time() - entry.stat().st_mtime > 86400
+        except OSError:
+            continue
+        if abandoned:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def ensure_demo_dataset(cache_dir: str | os.PathLike | None = None) -> Path:
     """Return the demo dataset root ``<cache_dir>/demo-v1``, building it first if needed.
 
@@ -217,10 +248,11 @@ def ensure_demo_dataset(cache_dir: str | os.PathLike | None = None) -> Path:
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     root = cache / f"demo-v{DEMO_VERSION}"
+    _remove_abandoned_builds(cache)
     if _is_current(root):
         return root
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".demo-v{DEMO_VERSION}.building-", dir=cache))
+    tmp = Path(tempfile.mkdtemp(prefix=f".demo-v{DEMO_VERSION}.building-{os.getpid()}-", dir=cache))
     try:
         build_demo_dataset(tmp)
         (tmp / _STAMP).write_text(_stamp_text())

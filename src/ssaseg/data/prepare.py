@@ -31,7 +31,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -42,7 +41,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import meta
-from .io import DataError
+from .io import DataError, atomic_write
 
 __all__ = ["add_arguments", "run", "convert_coco_stuff10k", "convert_pascal_context", "CONVERTERS"]
 
@@ -91,14 +90,7 @@ def _map_labels(arr: np.ndarray, lut: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _atomic_png(label: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(label).save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: Image.fromarray(label).save(fh, format="PNG"))
 
 
 def _place_image(src: Path, dst: Path, mode: str) -> None:
@@ -246,9 +238,8 @@ def convert_pascal_context(
             for i, img in zip(ids, imgs)
         ]
         _run_jobs(partial(_pc_job, image_mode=image_mode), jobs, workers, f"pascal_context {split}")
-        tmp = sets_dir / f".{split}.txt.tmp"
-        tmp.write_text("".join(f"{i}\n" for i in ids))
-        os.replace(tmp, sets_dir / f"{split}.txt")
+        text = "".join(f"{i}\n" for i in ids).encode()
+        atomic_write(sets_dir / f"{split}.txt", lambda fh: fh.write(text))
         counts[split] = len(ids)
     return counts
 

@@ -170,7 +170,7 @@ def run_demo(out_dir: str = "runs/demo", iters: int | None = None, device: str |
     for run in RUNS:
         print(f"training {cfgs[run]['model']['name']} with the {run} classifier "
               f"({cfgs[run]['schedule']['max_iters']} iterations)")
-        results[run] = train(cfgs[run], device=device, progress=progress)
+        results[run] = train(cfgs[run], device=device, progress=progress, fresh_start=True)
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     val = build_dataset(cfgs[RUNS[0]]["data"], cfgs[RUNS[0]]["data"]["val_split"], train=False)

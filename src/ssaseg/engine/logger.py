@@ -9,7 +9,7 @@ from typing import Any
 
 from ..tables import render_table
 
-__all__ = ["json_safe", "RunLogger", "read_jsonl", "format_metrics_table"]
+__all__ = ["json_safe", "RunLogger", "format_metrics_table"]
 
 
 def json_safe(value: Any) -> Any:
@@ -40,8 +40,11 @@ class RunLogger:
     def log(self, record: dict[str, Any], scalars: dict[str, float] | None = None, step: int | None = None) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(json_safe(record)) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(json_safe(record)) + "\n")
+        except OSError as err:  # e.g. a full disk: name the file
+            raise OSError(err.errno, f"cannot append to {self.path}: {err.strerror or err}") from err
         if self._writer is not None and scalars:
             for key, value in scalars.items():
                 if value is not None and math.isfinite(value):
@@ -51,12 +54,6 @@ class RunLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of a JSONL log."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def format_metrics_table(metrics: dict[str, Any], per_class: bool = True) -> str:

@@ -2,7 +2,8 @@
 
 A training checkpoint ``iter_<n>.pth`` is a dict of plain containers and tensors, so
 ``torch.load(..., weights_only=True)`` reads it:
-``{"model", "optimizer", "scheduler", "scaler", "iteration", "rng", "sampler", "config", "meta"}``.
+``{"model", "optimizer", "scheduler", "scaler", "iteration", "rng", "sampler", "config", "meta",
+"world_size"}``. The trainer writes one only after checking that its tensors are finite.
 ``meta`` holds the class names and palette so that ``ssaseg predict`` needs only the checkpoint.
 """
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,9 @@ __all__ = [
     "atomic_torch_save",
     "load_training_checkpoint",
     "latest_checkpoint",
+    "checkpoint_iterations",
+    "nonfinite_tensors",
+    "check_finite_weights",
     "capture_rng_state",
     "restore_rng_state",
     "seed_everything",
@@ -34,27 +37,26 @@ _CKPT_RE = re.compile(r"^iter_(\d+)\.pth$")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file in the same directory, then ``os.replace`` (never a torn file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` via :func:`ssaseg.data.io.atomic_write`: never a torn file, umask
+    permissions, and a failed write (disk full) raises ``OSError`` naming ``path``."""
+    from ..data.io import atomic_write
+
+    atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def checkpoint_iterations(work_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(n, path)`` of every ``iter_<n>.pth`` in ``work_dir``, newest (largest ``n``) first."""
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in work_dir.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return sorted(found, reverse=True)
 
 
 def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
     """The ``iter_<n>.pth`` with the largest ``n`` in ``work_dir`` (None if there is none)."""
-    work_dir = Path(work_dir)
-    if not work_dir.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in work_dir.iterdir() if (m := _CKPT_RE.match(p.name))]
-    return max(found)[1] if found else None
+    found = checkpoint_iterations(work_dir)
+    return found[0][1] if found else None
 
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -65,6 +67,45 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if "model" not in ckpt:
         raise ValueError(f"{path} is not an ssaseg checkpoint (no 'model' entry)")
     return ckpt
+
+
+def _float_tensors(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        return [(prefix, obj)] if obj.is_floating_point() or obj.is_complex() else []
+    if isinstance(obj, dict):
+        return [item for k, v in obj.items() for item in _float_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [item for i, v in enumerate(obj) for item in _float_tensors(v, f"{prefix}.{i}")]
+    return []
+
+
+def nonfinite_tensors(obj: Any) -> list[str]:
+    """Dotted names of the floating tensors in ``obj`` (nested dicts / lists) holding NaN or inf.
+
+    One host transfer for all tensors (the per-tensor flags are stacked on their device).
+    """
+    named = _float_tensors(obj)
+    if not named:
+        return []
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, t) in enumerate(named):
+        by_device.setdefault(t.device, []).append(i)
+    bad: list[str] = []
+    for indices in by_device.values():
+        flags = torch.stack([torch.isfinite(named[i][1]).all() for i in indices]).tolist()
+        bad += [named[i][0] for i, ok in zip(indices, flags) if not ok]
+    return bad
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Refuse weights holding NaN / inf (a diverged run): ``ValueError`` naming ``source``."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(
+            f"checkpoint {os.fspath(source)} holds non-finite (NaN/inf) weights in {len(bad)} of "
+            f"{len(_float_tensors(state))} tensors ({shown}); it comes from a diverged run and cannot be used"
+        )
 
 
 def capture_rng_state() -> dict[str, Any]:
