@@ -1,8 +1,5 @@
 """The CLI's error contract, enumerated: every user error of issue 10 exits 2 with one paragraph
 naming the file, key or value, and no traceback; and nothing good on disk is lost on the way.
-
-Cases owned by other parts of the code base (the weights reader, config validation) are marked
-``xfail(strict=False)``: they are listed here so that they are seen to pass once those parts land.
 """
 import os
 import resource
@@ -29,8 +26,6 @@ data:
 schedule: {{max_iters: 2, warmup_iters: 1}}
 train: {{eval_interval: 0, checkpoint_interval: 0, log_interval: 1, amp: "off"}}
 """
-CONFIG_OWNER = pytest.mark.xfail(strict=False, reason="config validation is fixed in config.py (another branch)")
-WEIGHTS_OWNER = pytest.mark.xfail(strict=False, reason="the weights reader is fixed in checkpoints.py (another branch)")
 
 
 @pytest.fixture(autouse=True)
@@ -228,18 +223,18 @@ CASES = [
     fresh_run_in_used_dir, resume_only_damaged, nan_checkpoint_in_test, predict_nan_checkpoint,
     predict_would_overwrite, predict_huge_stored_test_scale, predict_bad_input, disk_full_while_saving,
     label_symlink_loop, zero_byte_pth,
-    pytest.param(zero_byte_safetensors, marks=WEIGHTS_OWNER, id="zero_byte_safetensors"),
-    pytest.param(corrupt_safetensors, marks=WEIGHTS_OWNER, id="corrupt_safetensors"),
-    pytest.param(_config_case("optimizer.betas=[0.9]", "optimizer.betas"), marks=CONFIG_OWNER, id="betas_one"),
-    pytest.param(_config_case("data.train_pipeline.crop_size=[0, 0]", "crop_size"), marks=CONFIG_OWNER,
+    pytest.param(zero_byte_safetensors, id="zero_byte_safetensors"),
+    pytest.param(corrupt_safetensors, id="corrupt_safetensors"),
+    pytest.param(_config_case("optimizer.betas=[0.9]", "optimizer.betas"), id="betas_one"),
+    pytest.param(_config_case("data.train_pipeline.crop_size=[0, 0]", "crop_size"),
                  id="crop_zero"),
     pytest.param(_config_case("data.train_pipeline.crop_size=[64]", "data.train_pipeline.crop_size"),
-                 marks=CONFIG_OWNER, id="crop_one_value"),
-    pytest.param(_config_case("evaluation.scales=[]", "evaluation.scales"), marks=CONFIG_OWNER, id="scales_empty"),
-    pytest.param(_config_case("evaluation.scales=[0]", "evaluation.scales"), marks=CONFIG_OWNER, id="scales_zero"),
-    pytest.param(_config_case("data.train_pipeline.std=[0, 1, 1]", "std"), marks=CONFIG_OWNER, id="std_zero"),
-    pytest.param(_config_case("train.seed=1180591620717411303424", "train.seed"), marks=CONFIG_OWNER, id="seed_2_70"),
-    pytest.param(duplicate_yaml_key, marks=CONFIG_OWNER, id="duplicate_yaml_key"),
+                 id="crop_one_value"),
+    pytest.param(_config_case("evaluation.scales=[]", "evaluation.scales"), id="scales_empty"),
+    pytest.param(_config_case("evaluation.scales=[0]", "evaluation.scales"), id="scales_zero"),
+    pytest.param(_config_case("data.train_pipeline.std=[0, 1, 1]", "std"), id="std_zero"),
+    pytest.param(_config_case("train.seed=1180591620717411303424", "train.seed"), id="seed_2_70"),
+    pytest.param(duplicate_yaml_key, id="duplicate_yaml_key"),
 ]
 
 
