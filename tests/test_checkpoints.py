@@ -118,7 +118,8 @@ def test_missing_file():
 
 def _ssaseg_import_graph() -> dict[str, set[str]]:
     """``module -> ssaseg modules it imports``, from every ``import`` statement in src/ssaseg,
-    including those inside functions (a lazy import is still a dependency)."""
+    including those inside functions (a lazy import is still a dependency), except annotation-only
+    imports under ``if TYPE_CHECKING:`` (never executed)."""
     root = Path(ssaseg.__file__).parent
     modules: dict[str, Path] = {}
     for path in root.rglob("*.py"):
@@ -128,7 +129,15 @@ def _ssaseg_import_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        type_only = {
+            id(inner) for node in ast.walk(tree)
+            if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+            for stmt in node.body for inner in ast.walk(stmt)
+        }
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
             if isinstance(node, ast.Import):
                 candidates = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):

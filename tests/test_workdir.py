@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from _engine_fakes import FakeSegDataset, read_jsonl, toy_config
-from ssaseg.data.io import atomic_write
+from ssaseg.fileio import atomic_write
 from ssaseg.engine import train
 from ssaseg.engine.state import atomic_torch_save
 from ssaseg.engine.workdir import WorkDir, WorkDirError

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -213,16 +212,8 @@ def dump_config(cfg: dict) -> str:
 
 
 def save_config(cfg: dict, path: str | os.PathLike) -> None:
-    """Write ``cfg`` as YAML to ``path`` atomically (temp file in the same dir + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(dump_config(cfg))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``cfg`` as YAML to ``path`` atomically, with the umask's permissions."""
+    from ..fileio import atomic_write
 
+    text = dump_config(cfg).encode("utf-8")
+    atomic_write(path, lambda fh: fh.write(text))

@@ -41,7 +41,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import meta
-from .io import DataError, atomic_write
+from ..fileio import atomic_write
+from .io import DataError
 
 __all__ = ["add_arguments", "run", "convert_coco_stuff10k", "convert_pascal_context", "CONVERTERS"]
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, validate_config
+from ..data.meta import IMAGE_SUFFIXES
 from .build import build_model, class_meta
 from .inference import predict_labels_tiled
 from .state import check_finite_weights
@@ -36,11 +37,9 @@ __all__ = [
     "predict_files",
     "PredictResult",
     "output_stems",
-    "IMAGE_SUFFIXES",
     "MAX_NETWORK_PIXELS",
 ]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: Largest test-pipeline scale (h x w) fed to the network: a config (e.g. stored in a checkpoint)
 #: asking for more is refused instead of allocating gigabytes.
 MAX_NETWORK_PIXELS = 4096 * 4096
@@ -66,7 +65,7 @@ def load_model_for_inference(
         validate_config(cfg, f"config stored in {path}")
     state = unwrap_state_dict(ckpt)
     check_finite_weights(state, path)
-    model = build_model({**cfg, "model": {**cfg["model"], "checkpoint": None, "backbone_weights": None}})
+    model = build_model(cfg, load_weights=False)
     apply_state_dict(model, state, path)
     model.deploy()
     model.eval().to(device)
@@ -163,7 +162,7 @@ def _label_png(labels: np.ndarray, palette: np.ndarray) -> Any:
 
 
 def _save_png(img: Any, path: Path) -> None:
-    from ..data.io import atomic_write
+    from ..fileio import atomic_write
 
     atomic_write(path, lambda fh: img.save(fh, format="PNG"))
 

@@ -37,9 +37,9 @@ _CKPT_RE = re.compile(r"^iter_(\d+)\.pth$")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` via :func:`ssaseg.data.io.atomic_write`: never a torn file, umask
+    """``torch.save`` via :func:`ssaseg.fileio.atomic_write`: never a torn file, umask
     permissions, and a failed write (disk full) raises ``OSError`` naming ``path``."""
-    from ..data.io import atomic_write
+    from ..fileio import atomic_write
 
     atomic_write(path, lambda fh: torch.save(obj, fh))
 

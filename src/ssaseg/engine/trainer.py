@@ -343,7 +343,7 @@ def train(
         ResumeError: the checkpoint cannot continue this run (lists each differing key).
         NonFiniteError: the loss or the weights became NaN/inf (``train.nonfinite=stop``).
     """
-    from ..data.io import atomic_write
+    from ..fileio import atomic_write
 
     dist_info = init_distributed(device)
     work = WorkDir(cfg["train"]["work_dir"], owner=dist_info.is_main)
@@ -436,14 +436,14 @@ def test(
     import json
 
     from ..checkpoints import load_checkpoint
-    from ..data.io import atomic_write
+    from ..fileio import atomic_write
 
     dist_info = init_distributed(device)
     if aug_test:
         cfg = {**cfg, "evaluation": {**cfg["evaluation"], "scales": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75], "flip": True}}
     if dataset is None:
         _, dataset = build_datasets(cfg, train=False, val=True)
-    model = build_model({**cfg, "model": {**cfg["model"], "checkpoint": None, "backbone_weights": None}})
+    model = build_model(cfg, load_weights=False)
     load_checkpoint(model, checkpoint)
     check_finite_weights(model.state_dict(), checkpoint)
     model.deploy()

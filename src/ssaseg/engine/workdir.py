@@ -75,7 +75,7 @@ class WorkDir:
 
     def remove_temp_files(self) -> list[Path]:
         """Delete the temp files of writes that were killed half-way (call while holding the lock)."""
-        from ..data.io import TEMP_SUFFIX  # the data package is imported only when a run starts
+        from ..fileio import TEMP_SUFFIX
 
         if not self.owner or not self.path.is_dir():
             return []
@@ -113,7 +113,7 @@ class WorkDir:
                     stale.unlink(missing_ok=True)
 
     def _point_latest(self, checkpoint: Path) -> None:
-        from ..data.io import TEMP_SUFFIX, atomic_write
+        from ..fileio import TEMP_SUFFIX, atomic_write
 
         latest = self.path / LATEST
         tmp = self.path / f".{LATEST}.{os.getpid()}{TEMP_SUFFIX}"
@@ -131,7 +131,7 @@ class WorkDir:
 
     def trim_log(self, last_iteration: int) -> None:
         """Keep the ``log.jsonl`` records with ``iter <= last_iteration`` (all of them go at 0)."""
-        from ..data.io import atomic_write
+        from ..fileio import atomic_write
 
         log = self.path / LOG_FILE
         if not self.owner or not log.is_file():
