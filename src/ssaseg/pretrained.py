@@ -20,7 +20,6 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .fileio import atomic_write
 from .weights import WeightsError, load_weights
 
 __all__ = [
@@ -167,12 +167,10 @@ def download(cfg: PretrainedCfg, model_name: str = "", tag: str = "", progress: 
     except OSError as err:
         raise DownloadError(f"{CONFIG_KEY}: cannot create the cache directory {target.parent}: {err}. "
                             "Set $SSASEG_CACHE to a writable directory.") from None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{cfg.file_name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
+    def fetch(out) -> None:
         digest = hashlib.sha256()
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(cfg.url, timeout=_TIMEOUT_S) as response:
+            with urllib.request.urlopen(cfg.url, timeout=_TIMEOUT_S) as response:
                 total = int(response.headers.get("Content-Length") or 0)
                 show = sys.stderr.isatty() if progress is None else progress
                 bar = _progress_bar(total, cfg.file_name) if show else None
@@ -196,13 +194,9 @@ def download(cfg: PretrainedCfg, model_name: str = "", tag: str = "", progress: 
                 f"expected {cfg.sha256}...; it was discarded and {target} was not written. Retry later, or "
                 + _place_by_hand(cfg, target, cfg.url)
             )
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    # The temp file is renamed into place only when fetch() returns, i.e. after the hash check.
+    atomic_write(target, fetch)
     return target
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any
@@ -174,13 +173,7 @@ def write_schema_doc(path: str | os.PathLike = SCHEMA_PATH) -> bool:
     text = render_schema_doc()
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return False
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..fileio import atomic_write
+
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
     return True
