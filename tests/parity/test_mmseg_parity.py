@@ -119,6 +119,22 @@ def test_linear_logits_equal_mmseg(pair, size) -> None:
     assert diff <= TOLERANCE
 
 
+def test_the_comparison_sees_a_one_weight_change(pair) -> None:
+    """Guards the zeros in the table: one backbone weight off by 1e-3 must show (the comparison
+    is between two independently computed tensors, and the loaded weights are in use)."""
+    name, reference, ours, _ = pair
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    weight = next(ours.backbone.parameters())
+    original = weight.detach().clone()
+    with torch.no_grad():
+        weight.view(-1)[0] += 1e-3
+        try:
+            expected, _ = _mmseg_logits_and_feature(reference, images)
+            assert rel_diff(ours(images), expected) > 0
+        finally:
+            weight.copy_(original)
+
+
 def test_ssa_model_loads_the_same_file_and_its_feature_equals_mmseg(pair) -> None:
     name, reference, linear, path = pair
     ssa = create_model(name, K, classifier="ssa").eval()
