@@ -63,7 +63,7 @@ class HRNet(HighResolutionNetFeatures):
 
     ``forward(images (B, 3, H, W)) -> [(B, w, H/4, W/4), (B, 2w, H/8, W/8), (B, 4w, H/16, W/16),
     (B, 8w, H/32, W/32)]`` with ``w`` = 48 for W48 and each side rounded up at every stride-2
-    step (any H, W >= 1 work, as in mmseg).
+    step (any input size works, as in mmseg).
     """
 
     def __init__(self, arch: str = "hrnet_w48") -> None:
