@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 UV := $(shell command -v uv 2>/dev/null)
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install test test-all test-parity demo bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,27 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# Parity with mmsegmentation 0.30 (tests/parity, not part of `test`): mmcv 1.7.2 built without
+# compiled ops (pure Python) and mmseg 0.30 in a side directory that the tests append to sys.path,
+# so that they run on this venv's torch.
+PARITY := .venv-parity
+PARITY_STAMP := $(PARITY)/.installed
+PARITY_PKGS := mmcv==1.7.2 mmsegmentation==0.30.0 addict yapf platformdirs prettytable wcwidth
+
+$(PARITY_STAMP): $(STAMP) tests/parity/build-constraints.txt
+	rm -rf $(PARITY)
+ifdef UV
+	MMCV_WITH_OPS=0 uv pip install --system-certs -q -p $(PY) --target $(PARITY) --no-deps \
+		--build-constraints tests/parity/build-constraints.txt $(PARITY_PKGS)
+else
+	MMCV_WITH_OPS=0 $(PY) -m pip install -q --target $(PARITY) --no-deps \
+		--build-constraint tests/parity/build-constraints.txt $(PARITY_PKGS)
+endif
+	touch $(PARITY_STAMP)
+
+test-parity: $(PARITY_STAMP)
+	SSASEG_PARITY=1 $(PY) -m pytest -q -p no:cacheprovider tests/parity
+
 demo: $(STAMP)
 	$(VENV)/bin/ssaseg demo
 
@@ -34,4 +55,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/classifier_overhead.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(PARITY) runs build *.egg-info src/*.egg-info

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from timm.models.hrnet import HighResolutionNet, cfg_cls
+from timm.models.hrnet import HighResolutionNet, HighResolutionNetFeatures, cfg_cls
 from torch import nn
 
 from ssaseg import count_parameters, create_model, list_models
@@ -128,10 +128,77 @@ def test_w18_eval_uses_stage0_logits(w18_ssa: nn.Module) -> None:
         assert not torch.allclose(other, logits)
 
 
-def test_non_multiple_of_32_is_rejected() -> None:
-    backbone = HRNet("hrnet_w18_small")
-    with pytest.raises(ValueError, match="multiples of 32"):
-        backbone(torch.randn(1, 3, 80, 64))
+def _mmseg_hrnet_forward(backbone: HRNet, images: torch.Tensor) -> list[torch.Tensor]:
+    """HRNet's forward written out as mmseg 0.30's ``HRNet.forward`` / ``HRModule.forward`` (an
+    independent reading; tests/parity checks against mmseg itself): in each fuse, ``y = 0`` plus
+    branch ``i`` itself, the higher-resolution branches downsampled by stride-2 convs, and the
+    lower-resolution ones upsampled by ``2**(j-i)`` and always resized to branch ``i``'s size."""
+    x = backbone.act1(backbone.bn1(backbone.conv1(images)))
+    x = backbone.act2(backbone.bn2(backbone.conv2(x)))
+    xs = [backbone.layer1(x)]
+    for t, stage in ((backbone.transition1, backbone.stage2), (backbone.transition2, backbone.stage3),
+                     (backbone.transition3, backbone.stage4)):
+        # mmseg: branches that exist keep their input (None transition); the new one comes from the last.
+        xs = [xs[i] if isinstance(t[i], nn.Identity) else t[i](xs[min(i, len(xs) - 1)]) for i in range(len(t))]
+        for module in stage:
+            xs = [module.branches[i](xs[i]) for i in range(module.num_branches)]
+            fused = []
+            for i in range(len(module.fuse_layers)):
+                y = 0
+                for j in range(module.num_branches):
+                    if i == j:
+                        y += xs[j]
+                    elif j > i:
+                        y = y + F.interpolate(module.fuse_layers[i][j](xs[j]), size=xs[i].shape[2:],
+                                              mode="bilinear", align_corners=False)
+                    else:
+                        y += module.fuse_layers[i][j](xs[j])
+                fused.append(F.relu(y))
+            xs = fused
+    return xs
+
+
+@pytest.mark.parametrize("size", [(100, 164), (64, 96), (33, 47)])
+def test_hrnet_runs_at_any_size_like_mmseg(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    backbone = HRNet("hrnet_w18_small").eval()
+    for m in backbone.modules():  # non-trivial BN statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    images = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        out = backbone(images)
+        expected = _mmseg_hrnet_forward(backbone, images)
+    shape = [(s + 1) // 2 for s in size]  # the stem's first stride-2 conv
+    for feat, ref in zip(out, expected):
+        shape = [(s + 1) // 2 for s in shape]  # every stride-2 conv rounds up
+        assert list(feat.shape[-2:]) == shape
+        torch.testing.assert_close(feat, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_hrnet_is_timm_at_multiples_of_32() -> None:
+    """At sides that are multiples of 32 the added resize is skipped: the output is bit-identical to
+    timm's module (with the same bilinear upsampling)."""
+    torch.manual_seed(0)
+    backbone = HRNet("hrnet_w18_small").eval()
+    timm_model = HighResolutionNetFeatures(cfg_cls["hrnet_w18_small"], feature_location="", out_indices=(1, 2, 3, 4))
+    for m in timm_model.modules():
+        if isinstance(m, nn.Upsample):
+            m.mode, m.align_corners = "bilinear", False
+    timm_model.load_state_dict(backbone.state_dict())
+    timm_model.eval()
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for ours, theirs in zip(backbone(images), timm_model(images)):
+            assert torch.equal(ours, theirs)
+
+
+def test_ocrnet_evaluates_at_a_non_square_non_multiple_size(w18_ssa: nn.Module) -> None:
+    model = w18_ssa.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 100, 164))
+    assert out.shape == (1, K, 100, 164) and torch.isfinite(out).all()
 
 
 def test_spatial_gather_is_softmax_weighted_sum() -> None:

@@ -8,7 +8,7 @@ import timm
 import torch
 
 from ssaseg.backbones.ms_deform_attn import MSDeformAttn, ms_deform_attn_sample
-from ssaseg.backbones.vit_adapter import ViTAdapter
+from ssaseg.backbones.vit_adapter import ViTAdapter, convert_reference_keys
 from ssaseg.models import create_model
 from test_zoo_upernet import SSA_INFERENCE_ADDON_512, check_train_and_eval, meta_count
 
@@ -108,12 +108,74 @@ def test_vit_adapter_loads_timm_vit_weights(tmp_path):
     model = ViTAdapter(**TINY)
     kept = model.load_pretrained(tmp_path / "vit.pth")
     assert "level_embed" in kept and any(k.startswith("interactions.") for k in kept)
-    assert not any(k.startswith(("blocks.", "patch_embed.", "pos_embed")) for k in kept)
+    assert not any(k.startswith(("blocks.", "patch_embed.", "pos_embed")) and ".ls" not in k for k in kept)
     assert torch.equal(model.blocks[3].mlp.fc2.weight, vit.blocks[3].mlp.fc2.weight)
     assert torch.equal(model.pos_embed, vit.pos_embed)
+    # The file has no layer scale: the gammas keep their initial 1 (the reference loads non-strictly).
+    assert "blocks.0.ls1.gamma" in kept and torch.equal(model.blocks[0].ls2.gamma, torch.ones(64))
     other = ViTAdapter(**{**TINY, "pretrain_size": 96})  # pos_embed grid 6x6 vs the file's 4x4
     with pytest.raises(ValueError, match="vit.pth"):
         other.load_pretrained(tmp_path / "vit.pth")
+
+
+def _reference_block(block: torch.nn.Module, gamma1: torch.Tensor, gamma2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The reference ViT-Adapter ``Block.forward`` with ``layer_scale=True`` (eval, no drop path):
+    ``x + gamma1 * attn(norm1(x))``, then ``+ gamma2 * mlp(norm2(x))``, attention written out."""
+    attn = block.attn
+    b, n, c = x.shape
+    qkv = attn.qkv(block.norm1(x)).reshape(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    weights = ((q @ k.transpose(-2, -1)) * (c // attn.num_heads) ** -0.5).softmax(dim=-1)
+    x = x + gamma1 * attn.proj((weights @ v).transpose(1, 2).reshape(b, n, c))
+    return x + gamma2 * block.mlp(block.norm2(x))
+
+
+def test_vit_adapter_layer_scale_matches_the_reference_layout():
+    """Reference blocks hold ``gamma1``/``gamma2`` (D values, init 1); a state dict in the reference
+    layout loads strictly after ``convert_reference_keys`` and the gammas act as the reference's."""
+    torch.manual_seed(0)
+    model = ViTAdapter(**{**TINY, "drop_path_rate": 0.0}).eval()
+    for i in range(4):
+        assert torch.equal(model.blocks[i].ls1.gamma, torch.ones(64))
+    assert sum(p.numel() for n, p in model.named_parameters() if ".ls" in n) == 4 * 2 * 64
+    reference = {}
+    for key, value in model.state_dict().items():  # the reference's names, perturbed values
+        key = key.replace(".ls1.gamma", ".gamma1").replace(".ls2.gamma", ".gamma2")
+        reference[f"backbone.{key}"] = value + 0.1 * torch.randn_like(value) if value.is_floating_point() else value
+    assert "backbone.blocks.3.gamma2" in reference and "backbone.interactions.0.injector.gamma" in reference
+    converted = convert_reference_keys(reference)
+    assert "backbone.blocks.3.ls2.gamma" in converted and "backbone.interactions.0.injector.gamma" in converted
+    model.load_state_dict({k.removeprefix("backbone."): v for k, v in converted.items()}, strict=True)
+    x = torch.randn(2, 16, 64)
+    with torch.no_grad():
+        expected = _reference_block(model.blocks[1], reference["backbone.blocks.1.gamma1"],
+                                    reference["backbone.blocks.1.gamma2"], x)
+        torch.testing.assert_close(model.blocks[1](x), expected, rtol=1e-5, atol=1e-5)
+    without = ViTAdapter(**{**TINY, "layer_scale_init_values": None})
+    assert not any(".ls" in n and "gamma" in n for n, _ in without.named_parameters())
+
+
+def _to_reference_layout(name: str) -> str:
+    """ssaseg name -> the reference's (ViT-Adapter backbone in an mmseg 0.30 EncoderDecoder)."""
+    name = name.replace(".ls1.gamma", ".gamma1").replace(".ls2.gamma", ".gamma2")
+    for ours, theirs in (("aux_heads.0.decoder.", "auxiliary_head."), ("aux_heads.0.classifier.", "auxiliary_head."),
+                         ("decoder.", "decode_head."), ("classifier.", "decode_head.")):
+        if name.startswith(ours):
+            return theirs + name[len(ours):]
+    return name
+
+
+def test_upernet_vit_adapter_loads_a_reference_layout_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("upernet_vit_adapter_l", 6, classifier="linear", **TINY, **TINY_HEAD)
+    ours = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    reference = {_to_reference_layout(k): v for k, v in ours.items()}
+    assert "backbone.blocks.0.gamma1" in reference and "decode_head.conv_seg.weight" in reference
+    torch.save({"state_dict": reference}, tmp_path / "reference.pth")
+    loaded = create_model("upernet_vit_adapter_l", 6, classifier="linear", checkpoint=str(tmp_path / "reference.pth"),
+                          **TINY, **TINY_HEAD)  # strict
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, ours[key]), key
 
 
 @pytest.mark.parametrize("classifier", ["linear", "ssa"])
@@ -128,7 +190,7 @@ def test_upernet_vit_adapter_tiny_train_and_eval(classifier):
 
 
 # K = 150: linear total incl. the aux head, and the SSA model without its teacher (README 364.9 M).
-VIT_ADAPTER_L_LINEAR = 363_752_940
+VIT_ADAPTER_L_LINEAR = 363_802_092  # 49,152 of them: layer scale, 24 blocks x 2 x 1024
 
 
 def test_upernet_vit_adapter_l_parameter_count():

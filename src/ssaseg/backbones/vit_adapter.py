@@ -8,10 +8,17 @@ extra_extractors}.*`` (multi-scale deformable attention, pure PyTorch), ``up`` (
 1/8 -> 1/4) and ``norm1..norm4`` (BatchNorm; SyncBN in the reference, converted by the trainer).
 The ViT part therefore loads timm-layout ViT checkpoints (the AugReg ViT-L/16 file of the
 configs) by name.
+
+The reference's ViT blocks carry layer scale (``blocks.{i}.gamma1`` / ``gamma2``, one weight per
+channel, initialised to 1, multiplying the attention and MLP branches). Here they are timm's
+``LayerScale`` (``Block(init_values=...)``, names ``blocks.{i}.ls1.gamma`` / ``ls2.gamma``);
+:func:`convert_reference_keys` renames them. The AugReg file has no layer scale, so its gammas
+keep their initial 1, as in the reference (which loads it non-strictly).
 """
 from __future__ import annotations
 
 import os
+import re
 from functools import partial
 from typing import Sequence
 
@@ -27,6 +34,17 @@ from ..layers import init_weights_, map_to_tokens, tokens_to_map
 from ..weights import StateDict, load_weights, register_converter, strip_prefixes
 
 _LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+_REFERENCE_LAYER_SCALE = re.compile(r"((?:^|\.)blocks\.\d+\.)gamma([12])$")
+
+
+def convert_reference_keys(state_dict: StateDict) -> StateDict:
+    """ViT-Adapter reference names -> :class:`ViTAdapter` names, with or without a ``backbone.`` prefix.
+
+    The only difference is the ViT blocks' layer scale: ``blocks.{i}.gamma1`` / ``gamma2`` become
+    timm's ``blocks.{i}.ls1.gamma`` / ``ls2.gamma`` (same shape ``(D,)``, same product with the
+    branch output). The injectors' ``gamma`` is named alike in both. Tensors are shared, not copied.
+    """
+    return {_REFERENCE_LAYER_SCALE.sub(r"\1ls\2.gamma", k): v for k, v in state_dict.items()}
 
 
 def reference_points(shapes: Sequence[tuple[int, int]], device: torch.device) -> Tensor:
@@ -231,6 +249,8 @@ class ViTAdapter(nn.Module):
         conv_inplane: SPM width (64).
         n_points, deform_num_heads, deform_ratio: deformable attention (4, 16, 0.5).
         init_values: initial injector gamma (0 in the reference configs).
+        layer_scale_init_values: initial layer-scale gamma of the ViT blocks (timm's
+            ``init_values``; 1.0 as the reference's ``layer_scale=True``; None: no layer scale).
         interaction_indexes: inclusive ViT block ranges of the interaction blocks.
         with_cffn, cffn_ratio: ConvFFN in the Extractors (True, 0.25).
         add_vit_feature: add the resized ViT outputs to the adapter maps (True).
@@ -258,6 +278,7 @@ class ViTAdapter(nn.Module):
         deform_num_heads: int = 16,
         deform_ratio: float = 0.5,
         init_values: float = 0.0,
+        layer_scale_init_values: float | None = 1.0,
         interaction_indexes: Sequence[Sequence[int]] = ((0, 5), (6, 11), (12, 17), (18, 23)),
         with_cffn: bool = True,
         cffn_ratio: float = 0.25,
@@ -291,7 +312,7 @@ class ViTAdapter(nn.Module):
         self.blocks = nn.Sequential(
             *[
                 Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, proj_drop=drop_rate, attn_drop=attn_drop_rate,
-                      drop_path=dpr[i], norm_layer=_LayerNorm)
+                      init_values=layer_scale_init_values, drop_path=dpr[i], norm_layer=_LayerNorm)
                 for i in range(depth)
             ]
         )
@@ -372,16 +393,20 @@ class ViTAdapter(nn.Module):
         returns the names kept at their initial values."""
         return load_weights(self, path, "vit").kept_initial
 
-
-# The adapter modules are not in ViT checkpoints: they keep their initial values.
-@register_converter("vit", keep_initial=r"(level_embed|spm\..*|interactions\..*|up\..*|norm[1-4]\..*)")
+# The adapter modules are not in ViT checkpoints: they keep their initial values, and so do the
+# blocks' layer-scale gammas, which the AugReg ViT file lacks (the reference initialises them to 1).
+@register_converter(
+    "vit", keep_initial=r"(level_embed|spm\..*|interactions\..*|up\..*|norm[1-4]\..*|blocks\.\d+\.ls[12]\.gamma)"
+)
 def checkpoint_filter_fn(state_dict: StateDict) -> StateDict:
     """A timm-layout ViT checkpoint (e.g. the AugReg ViT-L/16 384 file of the configs) -> the
-    ViT part of :class:`ViTAdapter`: the class token, final norm and classifier are dropped.
-    Every ViT weight must then be present and fit (the ``pos_embed`` grid must be
-    ``pretrain_size / 16``, class-token slot included)."""
+    ViT part of :class:`ViTAdapter`: the class token, final norm and classifier are dropped, and
+    reference-named layer scales (``blocks.{i}.gamma1/2``) are renamed. Every other ViT weight must
+    then be present and fit (the ``pos_embed`` grid must be ``pretrain_size / 16``, class-token slot
+    included)."""
     dropped = ("cls_token", "norm.", "head.", "fc_norm.", "pre_logits.")
-    return {k: v for k, v in strip_prefixes(state_dict).items() if not k.startswith(dropped)}
+    state = convert_reference_keys(strip_prefixes(state_dict))
+    return {k: v for k, v in state.items() if not k.startswith(dropped)}
 
 
 def _init_linear(m: nn.Module) -> None:

@@ -3,17 +3,24 @@
 Module names follow mmseg (``squeeze``, ``hamburger.ham_in``, ``hamburger.ham_out``, ``align``), so
 official ``decode_head.*`` weights map onto ``decoder.*`` unchanged.
 
-Randomness (spec §10.6, Q22): the NMF bases are drawn afresh on every forward, in training and
-at test time, so SegNeXt inference is not deterministic. :class:`NMF2D` makes that controllable:
+Randomness (spec §10.6, Q22): in training the NMF bases are drawn afresh on every forward, as in
+the reference. At test time the reference draws them afresh too, so its predictions change from
+call to call; ssaseg's default is deterministic evaluation instead:
 
-* ``nmf.generator = torch.Generator().manual_seed(0)`` draws the bases from that generator
-  (on the generator's device, then moved to the input's device) - for reproducible eager runs;
-* ``rand_init=False`` fixes one set of bases at construction (a persistent buffer, repeated
-  over the batch): the module is then deterministic (mmseg's ``rand_init=False`` option).
+* eval mode, ``random_eval=False`` (default): the bases are one fixed draw, the same in every
+  call, process and device (uniform from a private CPU generator seeded with ``eval_seed``,
+  L2-normalised, repeated over the batch). It is a non-persistent buffer: checkpoints are
+  unchanged and it works under ``torch.compile`` and ONNX export;
+* eval mode, ``random_eval=True``: the reference's behaviour, a fresh draw per forward;
+* ``nmf.generator = torch.Generator(device).manual_seed(0)`` makes the random draws (training,
+  or eval with ``random_eval``) reproducible in eager mode; the draw happens on the generator's
+  device and is then moved to the input's device;
+* ``rand_init=False`` fixes one set of bases for training and eval (a persistent buffer,
+  mmseg's ``rand_init=False`` option).
 
 ``torch.compile`` and ``torch.onnx.export`` cannot capture a ``torch.Generator``: a compiled or
-exported model with ``rand_init=True`` draws its bases from the global RNG (compiled) or from the
-runtime's own RNG (ONNX ``RandomUniformLike``), whatever ``generator`` is set to.
+exported model draws its random bases from the global RNG (compiled) or from the runtime's own
+RNG (ONNX ``RandomUniformLike``), whatever ``generator`` is set to.
 """
 from __future__ import annotations
 
@@ -47,6 +54,9 @@ class NMF2D(nn.Module):
         train_steps, eval_steps: update steps in training / eval (6 / 7).
         rand_init: draw new bases every forward (True, the configs) or use fixed ones.
         eps: the denominators' additive constant (1e-6).
+        random_eval: with ``rand_init``, draw new bases in eval mode too (the reference) instead
+            of the fixed, seeded evaluation bases (default False: deterministic evaluation).
+        eval_seed: seed of the evaluation bases.
 
     Attribute ``generator`` (``torch.Generator | None``, default None = global RNG) seeds the
     per-forward bases in eager mode. ``forward(x (B, C, H, W)) -> (B, C, H, W)``.
@@ -61,6 +71,8 @@ class NMF2D(nn.Module):
         eval_steps: int = 7,
         rand_init: bool = True,
         eps: float = 1e-6,
+        random_eval: bool = False,
+        eval_seed: int = 0,
     ) -> None:
         super().__init__()
         if channels % md_s:
@@ -69,17 +81,30 @@ class NMF2D(nn.Module):
         self.train_steps, self.eval_steps = train_steps, eval_steps
         self.rand_init = rand_init
         self.eps = eps
+        self.random_eval = random_eval
+        self.eval_seed = eval_seed
         self.generator: torch.Generator | None = None
         if not rand_init:
             self.register_buffer("bases", F.normalize(torch.rand(md_s, channels // md_s, md_r), dim=1))
+        else:
+            # Drawn on the CPU from a private generator: the same values on every device and in
+            # every process, and the global RNG is left untouched.
+            seeded = torch.Generator(device="cpu").manual_seed(eval_seed)
+            eval_bases = torch.rand(md_s, channels // md_s, md_r, generator=seeded, device="cpu")
+            self.register_buffer("eval_bases", F.normalize(eval_bases, dim=1), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"S={self.S}, R={self.R}, steps={self.train_steps}/{self.eval_steps}, rand_init={self.rand_init}"
+        return (
+            f"S={self.S}, R={self.R}, steps={self.train_steps}/{self.eval_steps}, rand_init={self.rand_init}, "
+            f"random_eval={self.random_eval}"
+        )
 
     def _draw_bases(self, batch: int, dim: int, like: Tensor) -> Tensor:
         """Bases ``(batch*S, D, R)`` in ``like``'s dtype and on its device."""
         if not self.rand_init:
             return self.bases.to(like.dtype).repeat(batch, 1, 1)
+        if not self.training and not self.random_eval:
+            return self.eval_bases.to(like.device, like.dtype).repeat(batch, 1, 1)
         shape = (batch * self.S, dim, self.R)
         gen = self.generator
         # A torch.Generator cannot be captured by torch.compile / torch.onnx.export: there the
@@ -143,7 +168,7 @@ class LightHamDecoder(nn.Module):
         ham_channels: width inside the Hamburger (= channels in every SegNeXt config).
         in_index: backbone levels to read (1, 2, 3: strides 8, 16, 32); all are resized to the
             first one's size, so F is at stride 8.
-        md_s, md_r, train_steps, eval_steps, rand_init: :class:`NMF2D` settings.
+        md_s, md_r, train_steps, eval_steps, rand_init, random_eval: :class:`NMF2D` settings.
         norm: norm of the ConvModules ("gn", 32 groups, in the configs).
         align_corners: flag of the bilinear resizes.
 
@@ -165,6 +190,7 @@ class LightHamDecoder(nn.Module):
         norm: str = "gn",
         num_groups: int = 32,
         align_corners: bool = False,
+        random_eval: bool = False,
     ) -> None:
         super().__init__()
         if len(in_channels) != len(in_index):
@@ -173,13 +199,14 @@ class LightHamDecoder(nn.Module):
         self.channels = channels
         self.align_corners = align_corners
         self.squeeze = ConvModule(sum(in_channels), ham_channels, 1, norm=norm, num_groups=num_groups)
-        nmf = NMF2D(ham_channels, md_s, md_r, train_steps, eval_steps, rand_init)
+        nmf = NMF2D(ham_channels, md_s, md_r, train_steps, eval_steps, rand_init, random_eval=random_eval)
         self.hamburger = Hamburger(ham_channels, nmf, norm, num_groups)
         self.align = ConvModule(ham_channels, channels, 1, norm=norm, num_groups=num_groups)
 
     @property
     def nmf(self) -> NMF2D:
-        """The NMF module (set ``decoder.nmf.generator`` to seed its bases)."""
+        """The NMF module (``decoder.nmf.generator`` seeds its random bases; ``decoder.nmf.random_eval``
+        switches evaluation to the reference's random bases)."""
         return self.hamburger.ham
 
     def forward(self, features: list[Tensor]) -> Tensor:

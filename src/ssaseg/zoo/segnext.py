@@ -58,6 +58,7 @@ _DEFAULTS: dict[str, Any] = dict(
     train_steps=6,
     eval_steps=7,
     rand_init=True,
+    nmf_random_eval=False,
     head_norm="gn",
     dropout=0.1,
     align_corners=False,
@@ -90,6 +91,7 @@ def _build(variant: str, num_classes: int, classifier: str, classifier_kwargs: d
         rand_init=cfg["rand_init"],
         norm=cfg["head_norm"],
         align_corners=cfg["align_corners"],
+        random_eval=cfg["nmf_random_eval"],
     )
     return build_segmentor(
         backbone, decoder, num_classes, classifier, classifier_kwargs,
@@ -107,7 +109,9 @@ _DOC = """SegNeXt-{size} (MSCAN-{size} + LightHamHead{extra}).
             embed_dims (4 ints), depths (4 ints), mlp_ratios (4 numbers), drop_rate,
             drop_path_rate, norm ("bn" | "gn", backbone), channels (decoder width C; a multiple
             of 32 for GroupNorm), ham_channels (default = channels), md_s, md_r, train_steps,
-            eval_steps, rand_init (False = fixed NMF bases, deterministic), head_norm
+            eval_steps, rand_init (False = fixed NMF bases, deterministic), nmf_random_eval
+            (True = fresh random NMF bases in eval too, as the reference; default False: fixed
+            seeded evaluation bases, deterministic inference), head_norm
             ("gn" | "bn"), dropout (before the classifier, 0.1), align_corners,
             backbone_weights (path to published MSCAN weights, loaded strictly; see
             PRETRAINED_BACKBONES).

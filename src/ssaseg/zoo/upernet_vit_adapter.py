@@ -9,17 +9,20 @@ architecture argument here (default False) because it changes memory, not result
 
 Pretrained ViT weights are listed in :data:`PRETRAINED_BACKBONES`; nothing is downloaded: pass
 the local timm-layout file as ``backbone_weights``. Official full-model checkpoints use this
-backbone's names, so they load with the generic key mapping.
+backbone's names except the ViT blocks' layer scale (``gamma1`` / ``gamma2``), which
+:func:`~ssaseg.backbones.vit_adapter.convert_reference_keys` renames (registered as this
+architecture's key converter).
 
-Parameter counts at K = 150 (auxiliary head included): linear 363,752,940; the README's 364.9 M is
-that plus the inference-only SSA modules (1,131,520): 364,884,460; with the training-only teacher
-365,934,060.
+Parameter counts at K = 150 (auxiliary head included): linear 363,802,092; the README's 364.9 M is
+that plus the inference-only SSA modules (1,131,520): 364,933,612; with the training-only teacher
+365,983,212. (49,152 of them are the 24 blocks' layer-scale gammas, 2 x 1024 each.)
 """
 from __future__ import annotations
 
 from typing import Any
 
-from ..backbones.vit_adapter import ViTAdapter
+from ..backbones.vit_adapter import ViTAdapter, convert_reference_keys
+from ..checkpoints import register_key_converter
 from ..models import register_model
 from ..pretrained import PretrainedCfg, register_pretrained
 from ..segmentor import Segmentor
@@ -54,6 +57,7 @@ _DEFAULTS: dict[str, Any] = dict(
     deform_num_heads=16,
     deform_ratio=0.5,
     init_values=0.0,
+    layer_scale_init_values=1.0,
     interaction_indexes=((0, 5), (6, 11), (12, 17), (18, 23)),
     with_cffn=True,
     cffn_ratio=0.25,
@@ -66,7 +70,8 @@ _DEFAULTS: dict[str, Any] = dict(
 _BACKBONE_ARGS = (
     "pretrain_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "drop_rate", "attn_drop_rate",
     "drop_path_rate", "conv_inplane", "n_points", "deform_num_heads", "deform_ratio", "init_values",
-    "interaction_indexes", "with_cffn", "cffn_ratio", "add_vit_feature", "use_extra_extractor", "with_cp",
+    "layer_scale_init_values", "interaction_indexes", "with_cffn", "cffn_ratio", "add_vit_feature",
+    "use_extra_extractor", "with_cp",
 )
 
 
@@ -93,3 +98,6 @@ def upernet_vit_adapter_l(
     if cfg["backbone_weights"] is not None:
         backbone.load_pretrained(cfg["backbone_weights"])
     return upernet_segmentor(backbone, num_classes, classifier, classifier_kwargs, cfg)
+
+
+register_key_converter("upernet_vit_adapter")(convert_reference_keys)
