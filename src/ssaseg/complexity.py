@@ -671,7 +671,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--all", action="store_true", help="every registered model of the paper's table, with the published figures")
     parser.add_argument("--num-classes", type=int, default=150, help="K (150 = ADE20K)")
     parser.add_argument("--size", type=int, default=512, help="square input size (a multiple of 32)")
-    parser.add_argument("--classifier", choices=("ssa", "linear", "both"), default="ssa")
+    parser.add_argument("--classifier", choices=("ssa", "linear", "cac", "both"), default="ssa")
     parser.add_argument("--runs", type=int, default=20, help="timed runs for the latency median")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")

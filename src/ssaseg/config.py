@@ -120,7 +120,7 @@ DEFAULTS: dict[str, Any] = {
 _FREE_FORM = {"model.kwargs", "model.classifier_kwargs", "optimizer.param_rules"}
 # Allowed values of enumerated keys.
 _CHOICES = {
-    "model.classifier": ("ssa", "linear"),
+    "model.classifier": ("ssa", "linear", "cac"),
     "optimizer.type": ("adamw", "sgd"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "evaluation.mode": ("whole", "slide"),

@@ -62,7 +62,7 @@ def create_model(
     Args:
         name: registry name, see :func:`list_models`.
         num_classes: K, the number of classes.
-        classifier: ``"ssa"`` or ``"linear"``.
+        classifier: ``"ssa"``, ``"linear"`` or ``"cac"``.
         checkpoint: optional path to a full-model checkpoint (ssaseg or official layout).
         **kwargs: architecture arguments of the entry point (e.g. ``drop_path_rate``),
             plus ``classifier_kwargs`` (a dict passed to the classifier).
@@ -74,8 +74,8 @@ def create_model(
         close = difflib.get_close_matches(name, _ENTRYPOINTS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"unknown model {name!r}{hint} (see ssaseg.list_models())")
-    if classifier not in ("ssa", "linear"):
-        raise ValueError(f"classifier must be 'ssa' or 'linear', got {classifier!r}")
+    if classifier not in ("ssa", "linear", "cac"):
+        raise ValueError(f"classifier must be 'ssa', 'linear' or 'cac', got {classifier!r}")
     model = _ENTRYPOINTS[name](num_classes=num_classes, classifier=classifier, **kwargs)
     # Recorded so that load_checkpoint can pick the architecture's key converter.
     model.model_name = name

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from .cac import CACClassifier
 from .linear import LinearClassifier
 from .ssa import SSAClassifier
 
-CLASSIFIERS: dict[str, type[nn.Module]] = {"linear": LinearClassifier, "ssa": SSAClassifier}
+CLASSIFIERS: dict[str, type[nn.Module]] = {"linear": LinearClassifier, "ssa": SSAClassifier, "cac": CACClassifier}
 
 
 def build_classifier(kind: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
@@ -21,4 +22,4 @@ def build_classifier(kind: str, in_channels: int, num_classes: int, **kwargs) ->
     return CLASSIFIERS[kind](in_channels, num_classes, **kwargs)
 
 
-__all__ = ["LinearClassifier", "SSAClassifier", "build_classifier", "CLASSIFIERS"]
+__all__ = ["CACClassifier", "LinearClassifier", "SSAClassifier", "build_classifier", "CLASSIFIERS"]
