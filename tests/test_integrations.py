@@ -355,3 +355,42 @@ def test_cli_import_errors(capsys) -> None:
     assert run(["--import", "missing_dir/plugin.py", "train", "x.yaml"]) == 2
     assert "file not found" in capsys.readouterr().err
     assert run(["train", "x.yaml", "--import"]) == 2
+
+
+# ---------------------------------------------------------------------------------------- docs
+def _doc_blocks(language: str) -> list[str]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "integrations.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def test_docs_examples_run(tmp_path, monkeypatch, capsys) -> None:
+    """Every Python block of docs/integrations.md runs; the user module of the --import section
+    is imported by the CLI, and every YAML block is a valid config."""
+    import sys
+
+    from ssaseg.config import load_config
+    from ssaseg.models import _ENTRYPOINTS
+
+    monkeypatch.chdir(tmp_path)
+    blocks = _doc_blocks("python")
+    assert len(blocks) == 4
+    module = next(b for b in blocks if b.startswith("# my_models.py"))
+    for block in blocks:
+        if block is not module:
+            exec(compile(block, "docs/integrations.md", "exec"), {"__name__": "docs_example"})
+    (tmp_path / "my_models.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        args = ["benchmark", "smp_fpn_r18", "--classifier", "cac", "--num-classes", "5", "--size", "64", "--no-latency", "--device", "cpu"]
+        assert run(["--import", "my_models", *args]) == 0
+        assert "smp_fpn_r18" in capsys.readouterr().out
+        for i, block in enumerate(_doc_blocks("yaml")):
+            (tmp_path / f"doc{i}.yaml").write_text(block)
+            cfg = load_config(tmp_path / f"doc{i}.yaml")
+            assert cfg["model"]["classifier"] == "cac"
+    finally:
+        _ENTRYPOINTS.pop("smp_fpn_r18", None)
+        sys.modules.pop("my_models", None)
