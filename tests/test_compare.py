@@ -79,6 +79,7 @@ def test_real_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_real_comparison_tiny_budget(tmp_path):
     """The whole comparison (linear, CAC, SSA; 2 seeds) at 20 iterations."""
     _real(tmp_path, ["linear", "cac", "ssa"], [0, 1], 20)

@@ -307,6 +307,8 @@ train: {{eval_interval: 0, checkpoint_interval: 0, log_interval: 1, amp: "off"}}
 
 @pytest.fixture()
 def user_module(tmp_path):
+    import sys
+
     from ssaseg.data.datasets import DATASETS
     from ssaseg.models import _ENTRYPOINTS
 
@@ -316,6 +318,7 @@ def user_module(tmp_path):
     yield name, path
     _ENTRYPOINTS.pop(name, None)
     DATASETS.pop(f"{name}_data", None)
+    sys.modules.pop("my_models", None)
 
 
 def test_cli_import_registers_models_and_datasets(tmp_path, user_module, capsys) -> None:
@@ -375,6 +378,7 @@ def test_docs_examples_run(tmp_path, monkeypatch, capsys) -> None:
     from ssaseg.models import _ENTRYPOINTS
 
     monkeypatch.chdir(tmp_path)
+    sys.modules.pop("my_models", None)
     blocks = _doc_blocks("python")
     assert len(blocks) == 4
     module = next(b for b in blocks if b.startswith("# my_models.py"))

@@ -493,7 +493,7 @@ ZOO_ORDER: tuple[str, ...] = (*PAPER_FIGURES, "fcn_r101_d8")
 
 def reference_figure(name: str, classifier: str) -> PaperFigure | None:
     """The published figure to compare an ssaseg model against, if any."""
-    table = PAPER_FIGURES if classifier == "ssa" else BASELINE_FIGURES
+    table = {"ssa": PAPER_FIGURES, "linear": BASELINE_FIGURES}.get(classifier, {})  # none published for CAC
     return table.get(name)
 
 
