@@ -37,6 +37,10 @@ __all__ = ["SegformerWithPixelClassifier", "UperNetWithPixelClassifier", "with_p
 class _PixelClassifierMixin:
     """Builds ``self.pixel_classifier`` from the config and keeps ssaseg's init for it."""
 
+    # The loss is a per-batch mean: the HF Trainer must scale it for gradient accumulation
+    # itself rather than pass ``num_items_in_batch`` through ``**kwargs``.
+    accepts_loss_kwargs = False
+
     def _build_pixel_classifier(
         self, channels: int, ignore_index: int, dropout: float | None, kind: str | None, kwargs: dict | None
     ) -> None:
