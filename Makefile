@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 UV := $(shell command -v uv 2>/dev/null)
 
-.PHONY: install test test-all test-parity demo bench clean
+.PHONY: install test test-all test-parity demo bench compare clean
 
 install: $(STAMP)
 
@@ -50,6 +50,9 @@ test-parity: $(PARITY_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/ssaseg demo
+
+compare: $(STAMP)
+	$(VENV)/bin/ssaseg compare
 
 bench: $(STAMP)
 	$(PY) benchmarks/classifier_overhead.py

@@ -121,6 +121,11 @@ def _delegated_parser(command: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssaseg", description="SSA-Seg semantic segmentation in PyTorch")
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="import a module (dotted name or .py file) that registers models, datasets or classifiers "
+        "before the command runs; repeatable, also accepted after the command",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from a YAML config (also under torchrun)")
@@ -160,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=_cmd_demo)
 
+    from .engine.compare import add_compare_command
+
+    add_compare_command(sub)
     _delegated(sub, "prepare", "convert / check a dataset (see ssaseg prepare -h)", _cmd_prepare)
     _delegated(sub, "benchmark", "parameters, FLOPs and latency of a model (see ssaseg benchmark -h)", _cmd_benchmark)
     return parser
@@ -179,6 +187,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        from .integrations.imports import import_user_modules, pop_import_options
+
+        argv, user_modules = pop_import_options(argv)
+        import_user_modules(user_modules)
+    except ValueError as err:
+        print(f"ssaseg: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     command = argv[0] if argv else None
     if command in ("prepare", "benchmark"):
         # Their arguments live in ssaseg.data.prepare / ssaseg.complexity: import only when used.

@@ -60,23 +60,30 @@ def create_model(
     """Build a registered segmentor.
 
     Args:
-        name: registry name, see :func:`list_models`.
+        name: registry name, see :func:`list_models`; or ``"tu-<timm name>"`` for a timm
+            ``features_only`` encoder with an ssaseg decoder (:mod:`ssaseg.integrations.timm`).
         num_classes: K, the number of classes.
-        classifier: ``"ssa"`` or ``"linear"``.
+        classifier: ``"ssa"``, ``"linear"`` or ``"cac"``.
         checkpoint: optional path to a full-model checkpoint (ssaseg or official layout).
         **kwargs: architecture arguments of the entry point (e.g. ``drop_path_rate``),
             plus ``classifier_kwargs`` (a dict passed to the classifier).
     """
     _import_zoo()
-    if name not in _ENTRYPOINTS:
+    timm_name = name[len("tu-"):] if name.startswith("tu-") else None
+    if name not in _ENTRYPOINTS and timm_name is None:
         import difflib
 
         close = difflib.get_close_matches(name, _ENTRYPOINTS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"unknown model {name!r}{hint} (see ssaseg.list_models())")
-    if classifier not in ("ssa", "linear"):
-        raise ValueError(f"classifier must be 'ssa' or 'linear', got {classifier!r}")
-    model = _ENTRYPOINTS[name](num_classes=num_classes, classifier=classifier, **kwargs)
+    if classifier not in ("ssa", "linear", "cac"):
+        raise ValueError(f"classifier must be 'ssa', 'linear' or 'cac', got {classifier!r}")
+    if timm_name is not None:
+        from .integrations.timm import create_timm_model
+
+        model = create_timm_model(timm_name, num_classes=num_classes, classifier=classifier, **kwargs)
+    else:
+        model = _ENTRYPOINTS[name](num_classes=num_classes, classifier=classifier, **kwargs)
     # Recorded so that load_checkpoint can pick the architecture's key converter.
     model.model_name = name
     model.architecture = architecture_of(name)

@@ -53,6 +53,40 @@ def legacy_nearest_downsample(labels: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
+def cosine_logits(pixels: Tensor, centers: Tensor, tau: float, eps: float) -> Tensor:
+    """τ·cos: pixels X (B,C,N), centers Z (B,K,C) or (K,C) -> (B,K,N).
+
+    Equal to τ · (Z/(‖Z‖+ε)) @ (X/(‖X‖+ε)), but the pixel norms divide the (B,K,N) product
+    instead of the larger (B,C,N) input, and τ is folded into the centers.
+    """
+    z = centers * (tau / (l2_norm(centers, dim=-1) + eps))
+    return (z @ pixels) / (l2_norm(pixels, dim=1) + eps)
+
+
+def soft_class_centers(feat_flat: Tensor, coarse_flat: Tensor, eps: float) -> Tensor:
+    """Per-image soft class centres (SEPA, spec §3): softmax over classes of the coarse logits
+    M (B,K,N), then the probability-weighted mean of the pixel features F (B,C,N) -> (B,K,C)."""
+    class_prob = F.softmax(coarse_flat, dim=1)
+    return (class_prob @ feat_flat.transpose(1, 2)) / (class_prob.sum(-1, keepdim=True) + eps)
+
+
+def class_onehot(labels: Tensor, num_classes: int, ignore_index: int, dtype: torch.dtype) -> Tensor:
+    """One-hot of labels (B,h,w) -> (B,K,N); ignored pixels are all zero."""
+    batch = labels.shape[0]
+    index = torch.where(labels == ignore_index, num_classes, labels).flatten(1)  # (B,N), ignore -> K
+    onehot = torch.zeros(batch, num_classes + 1, index.shape[1], dtype=dtype, device=labels.device)
+    return onehot.scatter_(1, index[:, None], 1.0)[:, :num_classes]
+
+
+def pooled_class_centers(feat_flat: Tensor, onehot: Tensor, fallback: Tensor, eps: float) -> Tensor:
+    """Ground-truth class centres pooled over the whole per-device batch (spec §4, Q11): the mean
+    feature of each class present in ``onehot`` (B,K,N); absent classes take their row of
+    ``fallback`` (K,C). F (B,C,N) -> (K,C)."""
+    count = onehot.sum((0, 2))[:, None]
+    feat_sums = (onehot @ feat_flat.transpose(1, 2)).sum(0)
+    return torch.where(count > 0, feat_sums / (count + eps), fallback)
+
+
 class SSAClassifier(nn.Module):
     """Semantic and spatial adaptive pixel classifier.
 
@@ -137,13 +171,8 @@ class SSAClassifier(nn.Module):
 
     # ------------------------------------------------------------------ building blocks
     def _cosine_logits(self, pixels: Tensor, centers: Tensor) -> Tensor:
-        """τ·cos: pixels X (B,C,N), centers Z (B,K,C) -> (B,K,N).
-
-        Equal to τ · (Z/(‖Z‖+ε)) @ (X/(‖X‖+ε)), but the pixel norms divide the (B,K,N) product
-        instead of the larger (B,C,N) input, and τ is folded into the (B,K,C) centers.
-        """
-        z = centers * (self.tau / (l2_norm(centers, dim=-1) + self.eps))
-        return (z @ pixels) / (l2_norm(pixels, dim=1) + self.eps)
+        """τ·cos: pixels X (B,C,N), centers Z (B,K,C) -> (B,K,N); see :func:`cosine_logits`."""
+        return cosine_logits(pixels, centers, self.tau, self.eps)
 
     def student(self, feat: Tensor, coarse: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """SEPA + SPPA (spec §3).
@@ -163,8 +192,7 @@ class SSAClassifier(nn.Module):
         class_pos = self.class_position.weight.expand(batch, -1, -1)
         spatial_proto = self.spatial_proj(torch.cat([class_pos, spatial_center], dim=-1))
         # SEPA: softmax over classes, then a probability-weighted mean of the pixel features.
-        class_prob = F.softmax(mask, dim=1)
-        semantic_center = (class_prob @ feat_flat.transpose(1, 2)) / (class_prob.sum(-1, keepdim=True) + self.eps)
+        semantic_center = soft_class_centers(feat_flat, mask, self.eps)
         prototypes = self.conv_seg.weight.flatten(1).expand(batch, -1, -1)
         semantic_proto = self.semantic_proj(torch.cat([semantic_center, prototypes], dim=-1))
         centers = self.center_proj(semantic_proto + spatial_proto)
@@ -185,15 +213,12 @@ class SSAClassifier(nn.Module):
         batch, _, h, w = feat.shape
         k = self.num_classes
         feat_flat = feat.flatten(2)
-        index = torch.where(labels == self.ignore_index, k, labels).flatten(1)  # (B,N), ignore -> K
-        onehot = feat.new_zeros(batch, k + 1, h * w).scatter_(1, index[:, None], 1.0)[:, :k]
+        onehot = class_onehot(labels, k, self.ignore_index, feat.dtype)
         count_per_image = onehot.sum(-1)  # (B,K)
         prototypes = self.conv_seg.weight.flatten(1)
         class_pos = self.class_position.weight
         # Semantic centers are pooled over the whole per-device batch (faithful, spec Q11).
-        count = count_per_image.sum(0)[:, None]
-        feat_sums = (onehot @ feat_flat.transpose(1, 2)).sum(0)
-        semantic_center = torch.where(count > 0, feat_sums / (count + self.eps), prototypes.detach())
+        semantic_center = pooled_class_centers(feat_flat, onehot, prototypes.detach(), self.eps)
         semantic_proto = self.teacher_semantic_proj(torch.cat([semantic_center, prototypes], dim=-1))
         # Spatial centers are per image.
         pos_sums = onehot @ feat_pos.transpose(1, 2)

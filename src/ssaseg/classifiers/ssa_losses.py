@@ -33,7 +33,7 @@ def response_distillation(
     student_logits: Tensor,
     teacher_logits: Tensor,
     labels: Tensor,
-    boundary: Tensor,
+    boundary: Tensor | None,
     smoothness: float = 0.5,
     ignore_index: int = 255,
     eps: float = 1e-12,
@@ -44,7 +44,8 @@ def response_distillation(
         student_logits: O (B, K, h, w).
         teacher_logits: Ô (B, K, h, w), already detached by the caller.
         labels: (B, h, w) long at feature resolution.
-        boundary: (B, h, w) bool boundary band of ``labels``.
+        boundary: (B, h, w) bool boundary band of ``labels``, or None for one entropy-weighted
+            group per class without the ½ (CAC's distillation, CAC spec §3.4).
     Returns:
         Scalar: mean over the classes present in ``labels`` of
         ½ (edge-normalised + interior-normalised) loss; 0 when no class is present.
@@ -59,6 +60,11 @@ def response_distillation(
     hard_part = -log_student.gather(1, target[:, None])[:, 0]
     loss = smoothness * soft_part + (1.0 - smoothness) * hard_part
     entropy = -(teacher_prob * torch.log(teacher_prob + eps)).sum(1) * valid
+    if boundary is None:
+        stacked = torch.stack([loss * entropy, entropy, valid.to(loss.dtype)])
+        num, den, count = per_class_sums(stacked, labels, num_classes, ignore_index)
+        present = (count > 0).to(loss.dtype)
+        return (num / (den + eps) * present).sum() / (present.sum() + eps)
     edge = boundary.to(loss.dtype)
     weight_edge = entropy * edge
     weight_inner = entropy * (1.0 - edge)

@@ -104,7 +104,24 @@ def _grid(checkpoints: dict[str, Path], val_dataset: Any, path: Path, num_images
     tile_w = grid.shape[1] // 4
     for i, title in enumerate(("image", "ground truth", "linear", "SSA")):
         draw.text((i * tile_w + 6, 3), title, fill="black")
-    Image.fromarray(np.concatenate([np.asarray(header), grid], 0)).save(path)
+    legend = _legend(list(val_dataset.classes), palette, grid.shape[1])
+    Image.fromarray(np.concatenate([np.asarray(header), grid, legend], 0)).save(path)
+
+
+def _legend(classes: list[str], palette: np.ndarray, width: int) -> np.ndarray:
+    """A white strip (h, width, 3) uint8 of class-colour swatches with their names, wrapped in rows."""
+    from PIL import Image, ImageDraw
+
+    cell_w, cell_h = 110, 16
+    per_row = max(width // cell_w, 1)
+    rows = -(-len(classes) // per_row)
+    strip = Image.new("RGB", (width, rows * cell_h + 4), "white")
+    draw = ImageDraw.Draw(strip)
+    for i, (name, colour) in enumerate(zip(classes, palette)):
+        x, y = (i % per_row) * cell_w + 4, (i // per_row) * cell_h + 3
+        draw.rectangle([x, y, x + 11, y + 11], fill=tuple(int(c) for c in colour), outline="black")
+        draw.text((x + 16, y), name, fill="black")
+    return np.asarray(strip)
 
 
 def _report(results: dict[str, TrainResult], out: Path, build_time: float, total_time: float, cfg: dict) -> str:

@@ -1,0 +1,171 @@
+"""The CAC classifier: context-aware class prototypes (Tian et al., "Learning Context-aware
+Classifier for Semantic Segmentation", AAAI 2023), the adaptive classifier SSA-Seg extends.
+
+CAC is SSA's semantic branch on its own: per-image soft class centres from the coarse mask, an
+MLP that mixes each centre with the fixed 1x1 prototype, a cosine classifier, and a ground-truth
+oracle that distils into it. It has no spatial branch, no centre projection, no boundary split,
+no dice and no prototype distillation (CAC spec §5). Every piece of maths is SSA's building block.
+
+Shapes: B images, C channels, K classes, feature map h x w (N = h·w), labels H x W.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor, nn
+
+from .losses import reduce_cross_entropy, upsampled_pixel_stats
+from .ssa import (
+    _full_precision,
+    _prototype_mlp,
+    class_onehot,
+    cosine_logits,
+    legacy_nearest_downsample,
+    pooled_class_centers,
+    soft_class_centers,
+)
+from .ssa_losses import response_distillation
+
+#: Weights of the loss terms (CAC spec §3.2 step 7: all 1).
+DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"ce": 1.0, "ce_coarse": 1.0, "ce_teacher": 1.0, "kd_response": 1.0}
+
+
+class CACClassifier(nn.Module):
+    """Context-aware pixel classifier (CAC).
+
+    Args:
+        in_channels: C, channels of the decoder feature map F (even).
+        num_classes: K.
+        dropout: Dropout2d before the coarse 1x1 classifier (0 disables it; OCRNet's head has none).
+        ignore_index: label value that carries no loss.
+        tau: scale of the cosine classifier (15).
+        eps: added to norms and denominators (1e-12).
+        smoothness: teacher share of the distillation soft target (0.5).
+        loss_weights: overrides of :data:`DEFAULT_LOSS_WEIGHTS`.
+        main_ce_all_pixels: normalise the main CE by all pixels, as mmseg (faithful); False
+            averages over valid pixels like the other two CEs.
+        main_align_corners: ``align_corners`` of the upsampling before the main CE (False: the
+            mmseg head resize, CAC spec C7).
+        loss_align_corners: ``align_corners`` of the upsampling before the coarse and oracle CEs
+            (True in the reference).
+
+    Eval: ``forward(feat (B,C,h,w)) -> logits (B,K,h,w)``, τ-scaled cosines in [-τ, τ].
+    Train: ``forward(feat, target (B,H,W) long) -> (logits, losses)`` with the weighted terms
+    ``ce, ce_coarse, ce_teacher, kd_response``. The maths runs in fp32 under autocast.
+    ``deploy()`` drops the train-only oracle MLP: -(1.5C² + C) parameters. Parameters over the
+    linear classifier: 3C² + 2C in training, 1.5C² + C after ``deploy()``, independent of K.
+
+    Module names map the official checkpoints: ``conv_seg`` = ``conv_seg``, ``semantic_proj`` =
+    ``proj``, ``teacher_semantic_proj`` = ``apd_proj``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dropout: float = 0.1,
+        ignore_index: int = 255,
+        tau: float = 15.0,
+        eps: float = 1e-12,
+        smoothness: float = 0.5,
+        loss_weights: dict[str, float] | None = None,
+        main_ce_all_pixels: bool = True,
+        main_align_corners: bool = False,
+        loss_align_corners: bool = True,
+    ) -> None:
+        super().__init__()
+        if in_channels % 2:
+            raise ValueError(f"CACClassifier needs an even in_channels (the MLPs halve it), got {in_channels}")
+        unknown = set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; expected keys {sorted(DEFAULT_LOSS_WEIGHTS)}")
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.tau = tau
+        self.eps = eps
+        self.smoothness = smoothness
+        self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
+        self.main_ce_all_pixels = main_ce_all_pixels
+        self.main_align_corners = main_align_corners
+        self.loss_align_corners = loss_align_corners
+
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        # Fixed prototypes S = conv_seg.weight; mmseg's head init N(0, 0.01), bias 0.
+        self.conv_seg = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+        nn.init.normal_(self.conv_seg.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(self.conv_seg.bias)
+        # The MLPs keep PyTorch's default init, as the reference.
+        self.semantic_proj = _prototype_mlp(in_channels)
+        self.teacher_semantic_proj = _prototype_mlp(in_channels)
+        self.has_teacher = True
+
+    def student(self, feat: Tensor, coarse: Tensor) -> Tensor:
+        """Context-aware logits (CAC spec §2). feat: F (B,C,h,w); coarse: M (B,K,h,w) -> O (B,K,h,w)."""
+        batch, _, h, w = feat.shape
+        feat_flat = feat.flatten(2)
+        centers = soft_class_centers(feat_flat, coarse.flatten(2), self.eps)
+        prototypes = self.conv_seg.weight.flatten(1).expand(batch, -1, -1)
+        proto = self.semantic_proj(torch.cat([centers, prototypes], dim=-1))
+        return cosine_logits(feat_flat, proto, self.tau, self.eps).unflatten(-1, (h, w))
+
+    def teacher(self, feat: Tensor, labels: Tensor) -> Tensor:
+        """Oracle logits from ground-truth class centres pooled over the batch (CAC spec §3.1).
+
+        feat: F (B,C,h,w); labels: (B,h,w) long at feature resolution -> Ô (B,K,h,w).
+        """
+        if not self.has_teacher:
+            raise RuntimeError("the oracle was removed by deploy(); training needs a model that was not deployed")
+        _, _, h, w = feat.shape
+        feat_flat = feat.flatten(2)
+        onehot = class_onehot(labels, self.num_classes, self.ignore_index, feat.dtype)
+        prototypes = self.conv_seg.weight.flatten(1)
+        centers = pooled_class_centers(feat_flat, onehot, prototypes.detach(), self.eps)
+        proto = self.teacher_semantic_proj(torch.cat([centers, prototypes], dim=-1))
+        return cosine_logits(feat_flat, proto, self.tau, self.eps).unflatten(-1, (h, w))
+
+    def forward(self, feat: Tensor, target: Tensor | None = None):
+        # CAC maths in full precision even under autocast (CAC spec C11).
+        guard = torch.autocast(feat.device.type, enabled=False) if torch.is_autocast_enabled(feat.device.type) else nullcontext()
+        with guard:
+            feat = _full_precision(feat)
+            coarse = self.conv_seg(self.dropout(feat))
+            logits = self.student(feat, coarse)
+            if not self.training:
+                return logits
+            if target is None:
+                raise ValueError("CACClassifier in train mode needs target (B, H, W); call .eval() for inference")
+            if target.dim() != 3:
+                raise ValueError(f"target must be (B, H, W) long, got shape {tuple(target.shape)}")
+            losses = self._losses(feat, coarse, logits, target.long())
+        return logits, losses
+
+    def _losses(self, feat: Tensor, coarse: Tensor, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """The four weighted loss terms of CAC spec §3.2-§3.4."""
+        small = legacy_nearest_downsample(target, feat.shape[-2:])
+        teacher_logits = self.teacher(feat, small)
+
+        def ce(x: Tensor, align_corners: bool, all_pixels: bool) -> Tensor:
+            stats = upsampled_pixel_stats(x, target, self.ignore_index, align_corners, with_prob_sum=False)
+            return reduce_cross_entropy(stats, all_pixels=all_pixels)
+
+        raw = {
+            "ce": ce(logits, self.main_align_corners, self.main_ce_all_pixels),
+            "ce_coarse": ce(coarse, self.loss_align_corners, False),
+            "ce_teacher": ce(teacher_logits, self.loss_align_corners, False),
+            "kd_response": response_distillation(
+                logits, teacher_logits.detach(), small, None, self.smoothness, self.ignore_index, self.eps
+            ),
+        }
+        return {name: self.loss_weights[name] * value for name, value in raw.items()}
+
+    def deploy(self) -> "CACClassifier":
+        """Drop the train-only oracle MLP: -(1.5C² + C) parameters. Inference is unchanged."""
+        if hasattr(self, "teacher_semantic_proj"):
+            del self.teacher_semantic_proj
+        self.has_teacher = False
+        return self
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, num_classes={self.num_classes}, tau={self.tau}, teacher={self.has_teacher}"
