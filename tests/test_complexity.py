@@ -368,12 +368,12 @@ def cli(*argv: str) -> argparse.Namespace:
     return complexity.add_arguments(argparse.ArgumentParser()).parse_args(list(argv))
 
 
-def test_run_one_model_both_classifiers(tiny_registry, capsys):
-    code = complexity.run(cli("_tiny", "--classifier", "both", "--size", "64", "--runs", "1", "--format", "md"))
+def test_run_one_model_every_classifier(tiny_registry, capsys):
+    code = complexity.run(cli("_tiny", "--classifier", "all", "--size", "64", "--runs", "1", "--format", "md"))
     out = capsys.readouterr().out
     assert code == 0
     lines = [line for line in out.splitlines() if line.startswith("| _tiny")]
-    assert [line.split(" | ")[1] for line in lines] == ["ssa", "linear"]
+    assert [line.split(" | ")[1] for line in lines] == list(complexity.classifier_order())
     assert "GMACs (mmcv)" in out and "true GFLOPs" in out and "latency ms (CPU" in out
 
 
@@ -389,9 +389,9 @@ def test_run_all_compares_with_paper(tiny_registry, capsys):
 def test_classifiers_come_from_the_registry(tiny_registry, monkeypatch, capsys):
     from ssaseg import classifiers
 
-    assert complexity.classifier_order() == ("ssa", "linear")
+    assert complexity.classifier_order() == ("ssa", "linear", "cac")
     monkeypatch.setitem(classifiers.CLASSIFIERS, "linear2", classifiers.LinearClassifier)
-    assert complexity.classifier_order() == ("ssa", "linear", "linear2")
+    assert complexity.classifier_order() == ("ssa", "linear", "cac", "linear2")
     asked = []
 
     def measure(name, kind, *args):
@@ -399,8 +399,8 @@ def test_classifiers_come_from_the_registry(tiny_registry, monkeypatch, capsys):
         return complexity.BenchmarkRow(name, kind)
 
     monkeypatch.setattr(complexity.benchmark, "benchmark_model", measure)
-    assert complexity.run(cli("_tiny", "--classifier", "both", "--no-latency")) == 0
-    assert asked == ["ssa", "linear", "linear2"]
+    assert complexity.run(cli("_tiny", "--classifier", "all", "--no-latency")) == 0
+    assert asked == ["ssa", "linear", "cac", "linear2"]
     assert cli("_tiny", "--classifier", "linear2").classifier == "linear2"
 
 

@@ -95,7 +95,10 @@ def create_model(
 
 
 def architecture_of(name: str) -> str:
-    """The architecture (zoo module) a registered model belongs to, e.g. ``"upernet_swin"``."""
+    """The architecture (zoo module) a registered model belongs to, e.g. ``"upernet_swin"``;
+    ``"timm"`` for the ``tu-`` models."""
+    if name.startswith("tu-"):
+        return "timm"
     _import_zoo()
     return _ENTRYPOINTS[name].__module__.rsplit(".", 1)[-1]
 

@@ -187,8 +187,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, default=150, help="K (150 = ADE20K)")
     parser.add_argument("--size", type=int, default=512, help="square input size (a multiple of 32)")
     parser.add_argument(
-        "--classifier", choices=(*classifier_order(), "both"), default=PAPER_CLASSIFIER,
-        help="a registered classifier, or both = every registered one",
+        "--classifier", choices=(*classifier_order(), "all"), default=PAPER_CLASSIFIER,
+        help="a registered classifier, or all = every registered one",
     )
     parser.add_argument("--runs", type=int, default=20, help="timed runs for the latency median")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"error: bad --device {args.device!r}: {exc}", file=sys.stderr)
         return 2
-    classifiers = classifier_order() if args.classifier == "both" else (args.classifier,)
+    classifiers = classifier_order() if args.classifier == "all" else (args.classifier,)
     rows: list[BenchmarkRow] = []
     for name in names:
         for kind in classifiers:
