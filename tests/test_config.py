@@ -158,7 +158,7 @@ def test_unknown_dataset_is_a_config_error(tmp_path):
         (f"train.seed={2**70}", f"train.seed must be an integer in 0..2**63-1, got {2**70}"),
         ("train.seed=-1", "train.seed must be an integer in 0..2**63-1"),
         ("schedule.max_iters=0", "schedule.max_iters must be positive, got 0"),
-        ("model.classifier=ssaa", "model.classifier must be one of linear, ssa, got 'ssaa' (did you mean 'ssa'?)"),
+        ("model.classifier=ssaa", "model.classifier must be one of linear, ssa, cac, got 'ssaa' (did you mean 'ssa'?)"),
         ("optimizer.layer_decay={rate: 0.9}", "optimizer.layer_decay needs num_layers"),
         ("model.num_classes=null", "model.num_classes must be set"),
     ],
