@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..layers import ConvModule, init_weights_, map_to_tokens, resize, tokens_to_map
 
-__all__ = ["AFFormer", "afformer_base_backbone", "checkpoint_filter_fn"]
+__all__ = ["AFFormer", "checkpoint_filter_fn"]
 
 
 class DWConv2dBN(nn.Module):
@@ -415,17 +415,6 @@ class AFFormer(nn.Module):
             x = stage(embed(x))
             outs.append(x)
         return outs
-
-
-def afformer_base_backbone(**kwargs) -> AFFormer:
-    """AFFormer-B (official ``afformer_base``): 3.0 M-parameter segmentor backbone."""
-    return AFFormer(
-        embed_dims=(32, 96, 176, 216),
-        num_layers=(1, 2, 6, 2),
-        mlp_ratios=(2, 2, 2, 2),
-        num_heads=(8, 8, 8, 8),
-        **kwargs,
-    )
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: AFFormer | None = None) -> dict[str, Tensor]:
