@@ -148,7 +148,9 @@ def test_contract(name: str, kind: str) -> None:
     # create_model records how it built the model (JSON-serialisable, for save/load)
     assert (model.model_name, model.classifier_name) == (name, kind)
     assert model.model_args == tiny_overrides(name)
-    json.dumps(model.model_args)
+    with torch.device("meta"):  # the arguments read back from JSON build the same architecture
+        reread = create_model(name, K, classifier=kind, **json.loads(json.dumps(model.model_args)))
+    assert {k: v.shape for k, v in reread.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
     # the parts satisfy the written contracts, with the real shapes
     backbone, decoder = model.backbone, model.decoder

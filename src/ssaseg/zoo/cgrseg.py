@@ -188,7 +188,8 @@ def build_cgrseg(
 def cgrseg_b(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """CGRSeg-B (EfficientFormerV2-S2 + CGRSeg head): :data:`CGRSEG_B` with ``overrides`` (:class:`CGRSegArgs`)."""
+    """CGRSeg-B (EfficientFormerV2-S2 + CGRSeg head):
+    :data:`CGRSEG_B` with ``overrides`` (:class:`CGRSegArgs`)."""
     args = with_overrides("cgrseg_b", CGRSEG_B, overrides)
     return build_cgrseg(args, num_classes, classifier, classifier_kwargs)
 
@@ -197,6 +198,7 @@ def cgrseg_b(
 def cgrseg_l(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """CGRSeg-L (EfficientFormerV2-L + CGRSeg head): :data:`CGRSEG_L` with ``overrides`` (:class:`CGRSegArgs`)."""
+    """CGRSeg-L (EfficientFormerV2-L + CGRSeg head):
+    :data:`CGRSEG_L` with ``overrides`` (:class:`CGRSegArgs`)."""
     args = with_overrides("cgrseg_l", CGRSEG_L, overrides)
     return build_cgrseg(args, num_classes, classifier, classifier_kwargs)

@@ -7,8 +7,9 @@ concatenated and fused by a third), dropout 0.1; FCN auxiliary head on stage 2 (
 CE x0.4).
 
 The ImageNet weights of mmseg's config (``open-mmlab://resnet101_v1c``, mmseg/mmcls ``stem.*``
-layout; the timm layout loads too) are listed in :data:`PRETRAINED_BACKBONES`. mmseg full-model checkpoints name the stem ``backbone.stem.*``; the key
-rule ``"fcn_resnet"`` maps it for :func:`ssaseg.checkpoints.load_checkpoint`.
+layout; the timm layout loads too) are listed in :data:`PRETRAINED_BACKBONES`. mmseg full-model
+checkpoints name the stem ``backbone.stem.*``; the key rule ``"fcn_resnet"`` maps it for
+:func:`ssaseg.checkpoints.load_checkpoint`.
 
 Parameter counts at K = 150 (auxiliary head included): linear 68,590,732; with the inference-only
 SSA modules 69,722,252; with the training-only teacher 70,771,852.

@@ -88,7 +88,8 @@ def build_ocrnet(
 def ocrnet_hrnet_w48(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """OCRNet + HRNetV2-W48 (mmseg ``ocrnet_hr48``): :data:`OCRNET_HRNET_W48` with ``overrides`` (:class:`OCRNetArgs`)."""
+    """OCRNet + HRNetV2-W48 (mmseg ``ocrnet_hr48``):
+    :data:`OCRNET_HRNET_W48` with ``overrides`` (:class:`OCRNetArgs`)."""
     args = with_overrides("ocrnet_hrnet_w48", OCRNET_HRNET_W48, overrides)
     return build_ocrnet(args, num_classes, classifier, classifier_kwargs)
 
@@ -97,6 +98,7 @@ def ocrnet_hrnet_w48(
 def ocrnet_hrnet_w18(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """OCRNet + HRNetV2-W18 (mmseg ``ocrnet_hr18``): :data:`OCRNET_HRNET_W18` with ``overrides`` (:class:`OCRNetArgs`)."""
+    """OCRNet + HRNetV2-W18 (mmseg ``ocrnet_hr18``):
+    :data:`OCRNET_HRNET_W18` with ``overrides`` (:class:`OCRNetArgs`)."""
     args = with_overrides("ocrnet_hrnet_w18", OCRNET_HRNET_W18, overrides)
     return build_ocrnet(args, num_classes, classifier, classifier_kwargs)

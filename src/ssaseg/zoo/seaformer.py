@@ -57,13 +57,13 @@ class SeaFormerArgs:
     """
 
     cfgs: Sequence[Sequence[Sequence[int]]]
-    channels: tuple[int, ...]
-    emb_dims: tuple[int, ...]
-    key_dims: tuple[int, ...]
-    depths: tuple[int, ...]
+    channels: Sequence[int]
+    emb_dims: Sequence[int]
+    key_dims: Sequence[int]
+    depths: Sequence[int]
     num_heads: int = 8
     attn_ratio: float = 2.0
-    mlp_ratios: tuple[float, ...] = (2, 4)
+    mlp_ratios: Sequence[float] = (2, 4)
     drop_path_rate: float = 0.1
     head_channels: int
     head_embed_dims: tuple[int, ...]
@@ -94,7 +94,8 @@ def build_seaformer(
 def seaformer_b(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """SeaFormer-B + LightHead (C 160 at 1/8; levels 64 @1/8, 192 @1/32, 256 @1/64): :data:`SEAFORMER_B` with ``overrides`` (:class:`SeaFormerArgs`)."""
+    """SeaFormer-B + LightHead (C 160 at 1/8; levels 64 @1/8, 192 @1/32, 256 @1/64):
+    :data:`SEAFORMER_B` with ``overrides`` (:class:`SeaFormerArgs`)."""
     args = with_overrides("seaformer_b", SEAFORMER_B, overrides)
     return build_seaformer(args, num_classes, classifier, classifier_kwargs)
 
@@ -103,6 +104,7 @@ def seaformer_b(
 def seaformer_l(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """SeaFormer-L + LightHead (C 192 at 1/8; levels 128 @1/8, 192 @1/16, 256 @1/32, 320 @1/64): :data:`SEAFORMER_L` with ``overrides`` (:class:`SeaFormerArgs`)."""
+    """SeaFormer-L + LightHead (C 192 at 1/8; levels 128 @1/8, 192 @1/16, 256 @1/32, 320 @1/64):
+    :data:`SEAFORMER_L` with ``overrides`` (:class:`SeaFormerArgs`)."""
     args = with_overrides("seaformer_l", SEAFORMER_L, overrides)
     return build_seaformer(args, num_classes, classifier, classifier_kwargs)

@@ -114,7 +114,8 @@ def build_segformer(
 def segformer_b0(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """SegFormer-B0 (MiT-B0 + All-MLP decoder): :data:`SEGFORMER_B0` with ``overrides`` (:class:`SegFormerArgs`)."""
+    """SegFormer-B0 (MiT-B0 + All-MLP decoder):
+    :data:`SEGFORMER_B0` with ``overrides`` (:class:`SegFormerArgs`)."""
     args = with_overrides("segformer_b0", SEGFORMER_B0, overrides)
     return build_segformer(args, num_classes, classifier, classifier_kwargs)
 
@@ -123,7 +124,8 @@ def segformer_b0(
 def segformer_b1(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """SegFormer-B1 (MiT-B1 + All-MLP decoder): :data:`SEGFORMER_B1` with ``overrides`` (:class:`SegFormerArgs`)."""
+    """SegFormer-B1 (MiT-B1 + All-MLP decoder):
+    :data:`SEGFORMER_B1` with ``overrides`` (:class:`SegFormerArgs`)."""
     args = with_overrides("segformer_b1", SEGFORMER_B1, overrides)
     return build_segformer(args, num_classes, classifier, classifier_kwargs)
 
@@ -132,7 +134,8 @@ def segformer_b1(
 def segformer_b2(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """SegFormer-B2 (MiT-B2 + All-MLP decoder): :data:`SEGFORMER_B2` with ``overrides`` (:class:`SegFormerArgs`)."""
+    """SegFormer-B2 (MiT-B2 + All-MLP decoder):
+    :data:`SEGFORMER_B2` with ``overrides`` (:class:`SegFormerArgs`)."""
     args = with_overrides("segformer_b2", SEGFORMER_B2, overrides)
     return build_segformer(args, num_classes, classifier, classifier_kwargs)
 
@@ -141,7 +144,8 @@ def segformer_b2(
 def segformer_b3(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """SegFormer-B3 (MiT-B3 + All-MLP decoder): :data:`SEGFORMER_B3` with ``overrides`` (:class:`SegFormerArgs`)."""
+    """SegFormer-B3 (MiT-B3 + All-MLP decoder):
+    :data:`SEGFORMER_B3` with ``overrides`` (:class:`SegFormerArgs`)."""
     args = with_overrides("segformer_b3", SEGFORMER_B3, overrides)
     return build_segformer(args, num_classes, classifier, classifier_kwargs)
 
@@ -150,7 +154,8 @@ def segformer_b3(
 def segformer_b4(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """SegFormer-B4 (MiT-B4 + All-MLP decoder): :data:`SEGFORMER_B4` with ``overrides`` (:class:`SegFormerArgs`)."""
+    """SegFormer-B4 (MiT-B4 + All-MLP decoder):
+    :data:`SEGFORMER_B4` with ``overrides`` (:class:`SegFormerArgs`)."""
     args = with_overrides("segformer_b4", SEGFORMER_B4, overrides)
     return build_segformer(args, num_classes, classifier, classifier_kwargs)
 
@@ -159,6 +164,7 @@ def segformer_b4(
 def segformer_b5(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """SegFormer-B5 (MiT-B5 + All-MLP decoder): :data:`SEGFORMER_B5` with ``overrides`` (:class:`SegFormerArgs`)."""
+    """SegFormer-B5 (MiT-B5 + All-MLP decoder):
+    :data:`SEGFORMER_B5` with ``overrides`` (:class:`SegFormerArgs`)."""
     args = with_overrides("segformer_b5", SEGFORMER_B5, overrides)
     return build_segformer(args, num_classes, classifier, classifier_kwargs)

@@ -80,7 +80,9 @@ class SegNeXtArgs:
 SEGNEXT_T = SegNeXtArgs(embed_dims=(32, 64, 160, 256), depths=(3, 3, 5, 2))
 SEGNEXT_S = SegNeXtArgs(embed_dims=(64, 128, 320, 512), depths=(2, 2, 4, 2))
 SEGNEXT_B = SegNeXtArgs(embed_dims=(64, 128, 320, 512), depths=(3, 3, 12, 3), channels=512)
-SEGNEXT_L = SegNeXtArgs(embed_dims=(64, 128, 320, 512), depths=(3, 5, 27, 3), drop_path_rate=0.3, channels=1024, md_r=64)
+SEGNEXT_L = SegNeXtArgs(
+    embed_dims=(64, 128, 320, 512), depths=(3, 5, 27, 3), drop_path_rate=0.3, channels=1024, md_r=64
+)
 
 
 def build_segnext(
@@ -120,7 +122,8 @@ def build_segnext(
 def segnext_t(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """SegNeXt-T (MSCAN-T + LightHamHead): :data:`SEGNEXT_T` with ``overrides`` (:class:`SegNeXtArgs`)."""
+    """SegNeXt-T (MSCAN-T + LightHamHead):
+    :data:`SEGNEXT_T` with ``overrides`` (:class:`SegNeXtArgs`)."""
     args = with_overrides("segnext_t", SEGNEXT_T, overrides)
     return build_segnext(args, num_classes, classifier, classifier_kwargs)
 
@@ -129,7 +132,8 @@ def segnext_t(
 def segnext_s(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """SegNeXt-S (MSCAN-S + LightHamHead): :data:`SEGNEXT_S` with ``overrides`` (:class:`SegNeXtArgs`)."""
+    """SegNeXt-S (MSCAN-S + LightHamHead):
+    :data:`SEGNEXT_S` with ``overrides`` (:class:`SegNeXtArgs`)."""
     args = with_overrides("segnext_s", SEGNEXT_S, overrides)
     return build_segnext(args, num_classes, classifier, classifier_kwargs)
 
@@ -138,7 +142,8 @@ def segnext_s(
 def segnext_b(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """SegNeXt-B (MSCAN-B + LightHamHead): :data:`SEGNEXT_B` with ``overrides`` (:class:`SegNeXtArgs`)."""
+    """SegNeXt-B (MSCAN-B + LightHamHead):
+    :data:`SEGNEXT_B` with ``overrides`` (:class:`SegNeXtArgs`)."""
     args = with_overrides("segnext_b", SEGNEXT_B, overrides)
     return build_segnext(args, num_classes, classifier, classifier_kwargs)
 
@@ -147,6 +152,7 @@ def segnext_b(
 def segnext_l(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """SegNeXt-L (MSCAN-L + LightHamHead): :data:`SEGNEXT_L` with ``overrides`` (:class:`SegNeXtArgs`)."""
+    """SegNeXt-L (MSCAN-L + LightHamHead):
+    :data:`SEGNEXT_L` with ``overrides`` (:class:`SegNeXtArgs`)."""
     args = with_overrides("segnext_l", SEGNEXT_L, overrides)
     return build_segnext(args, num_classes, classifier, classifier_kwargs)

@@ -104,7 +104,8 @@ def _drop_mmseg_buffers(state: StateDict) -> StateDict:
 def upernet_swin_t(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """UperNet + Swin-T with the FCN auxiliary head: :data:`UPERNET_SWIN_T` with ``overrides`` (:class:`UPerNetSwinArgs`)."""
+    """UperNet + Swin-T with the FCN auxiliary head:
+    :data:`UPERNET_SWIN_T` with ``overrides`` (:class:`UPerNetSwinArgs`)."""
     args = with_overrides("upernet_swin_t", UPERNET_SWIN_T, overrides)
     return build_upernet_swin(args, num_classes, classifier, classifier_kwargs)
 
@@ -113,7 +114,8 @@ def upernet_swin_t(
 def upernet_swin_b(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """UperNet + Swin-B with the FCN auxiliary head: :data:`UPERNET_SWIN_B` with ``overrides`` (:class:`UPerNetSwinArgs`)."""
+    """UperNet + Swin-B with the FCN auxiliary head:
+    :data:`UPERNET_SWIN_B` with ``overrides`` (:class:`UPerNetSwinArgs`)."""
     args = with_overrides("upernet_swin_b", UPERNET_SWIN_B, overrides)
     return build_upernet_swin(args, num_classes, classifier, classifier_kwargs)
 
@@ -122,6 +124,7 @@ def upernet_swin_b(
 def upernet_swin_l(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """UperNet + Swin-L with the FCN auxiliary head: :data:`UPERNET_SWIN_L` with ``overrides`` (:class:`UPerNetSwinArgs`)."""
+    """UperNet + Swin-L with the FCN auxiliary head:
+    :data:`UPERNET_SWIN_L` with ``overrides`` (:class:`UPerNetSwinArgs`)."""
     args = with_overrides("upernet_swin_l", UPERNET_SWIN_L, overrides)
     return build_upernet_swin(args, num_classes, classifier, classifier_kwargs)

@@ -108,6 +108,7 @@ def build_upernet_vit_adapter(
 def upernet_vit_adapter_l(
     num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
 ) -> Segmentor:
-    """UperNet + ViT-Adapter-L (ViT-L/16) with the FCN auxiliary head: :data:`UPERNET_VIT_ADAPTER_L` with ``overrides`` (:class:`UPerNetViTAdapterArgs`)."""
+    """UperNet + ViT-Adapter-L (ViT-L/16) with the FCN auxiliary head:
+    :data:`UPERNET_VIT_ADAPTER_L` with ``overrides`` (:class:`UPerNetViTAdapterArgs`)."""
     args = with_overrides("upernet_vit_adapter_l", UPERNET_VIT_ADAPTER_L, overrides)
     return build_upernet_vit_adapter(args, num_classes, classifier, classifier_kwargs)
