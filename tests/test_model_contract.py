@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import json
+import pkgutil
 
 import pytest
 import torch
 
 from ssaseg.classifiers import CLASSIFIERS
 from ssaseg.contracts import Backbone, CascadeDecoder, Classifier, Decoder
-from ssaseg.models import create_model, list_models
+from ssaseg import zoo
+from ssaseg.models import architecture_of, create_model, list_models
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -55,7 +58,9 @@ TINY: dict[str, dict] = {
 #: (model-name prefix, size) -> (exception, why) of an eval forward that fails there today.
 #: Marked xfail(strict=True), so a fix shows up as a failing XPASS to update this table.
 KNOWN_FAILURES: dict[tuple[str, tuple[int, int]], tuple[type[Exception], str]] = {
-    ("ocrnet_", ODD): (ValueError, "HRNet rejects inputs that are not multiples of 32 (being fixed in backbones/hrnet.py)"),
+    ("ocrnet_", ODD): (
+        ValueError, "HRNet rejects inputs that are not multiples of 32 (being fixed in backbones/hrnet.py)"
+    ),
     ("upernet_vit_adapter_", ODD): (ValueError, "ViTAdapter rejects inputs that are not multiples of 32"),
     ("cgrseg_", ODD): (
         RuntimeError,
@@ -64,7 +69,9 @@ KNOWN_FAILURES: dict[tuple[str, tuple[int, int]], tuple[type[Exception], str]] =
     ),
 }
 
-MODELS = list_models()
+#: The zoo's models (tests may register toy models of their own).
+ZOO_MODULES = {module.name for module in pkgutil.iter_modules(zoo.__path__)}
+MODELS = [name for name in list_models() if architecture_of(name) in ZOO_MODULES]
 CASES = [(name, kind) for name in MODELS for kind in sorted(CLASSIFIERS)]
 
 
@@ -122,10 +129,6 @@ def test_model_args_include_classifier_kwargs() -> None:
 def test_architecture_arguments_are_documented_dataclasses() -> None:
     """Every zoo architecture's arguments: a frozen dataclass whose docstrings (its own and its
     bases') name every field, with one instance per registered variant."""
-    import importlib
-
-    from ssaseg.models import architecture_of
-
     for module_name in sorted({architecture_of(name) for name in MODELS}):
         module = importlib.import_module(f"ssaseg.zoo.{module_name}")
         classes = [c for c in vars(module).values() if isinstance(c, type) and c.__name__.endswith("Args")
@@ -174,7 +177,9 @@ def test_contract(name: str, kind: str) -> None:
     losses = model(images, targets)
     assert "loss" in losses and all(torch.isfinite(v) for v in losses.values()), losses
     losses["loss"].backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.isfinite().all())]
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.isfinite().all())
+    ]
     assert not missing, f"parameters without a finite gradient: {missing[:8]}"
 
     # deploy() drops train-only modules and keeps the eval logits
