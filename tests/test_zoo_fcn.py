@@ -8,7 +8,7 @@ from ssaseg.backbones.resnet import _STEM_MAP, ResNetV1c, convert_resnet_mmseg
 from ssaseg.checkpoints import convert_official_state_dict
 import ssaseg.zoo.fcn_resnet  # noqa: F401  (registers the "fcn_resnet" checkpoint key rule)
 from ssaseg.models import create_model
-from test_zoo_upernet import SSA_INFERENCE_ADDON_512, check_train_and_eval, meta_count
+from test_zoo_upernet import SSA_INFERENCE_ADDON_512, meta_count
 
 
 def test_resnet_v1c_d8_structure():
@@ -74,13 +74,12 @@ def test_fcn_official_checkpoint_stem_rule():
                         "classifier.conv_seg.weight"}
 
 
-@pytest.mark.parametrize("classifier", ["linear", "ssa"])
-def test_fcn_small_train_and_eval(classifier):
-    model = create_model("fcn_r101_d8", 5, classifier=classifier, depth=50, channels=32, aux_channels=16)
+def test_fcn_heads():
+    with torch.device("meta"):
+        model = create_model("fcn_r101_d8", 5, classifier="linear")
     dec = model.decoder
-    assert len(dec.convs) == 2 and dec.conv_cat is not None and dec.in_index == 3
+    assert len(dec.convs) == 2 and dec.conv_cat is not None and dec.in_index == 3 and dec.channels == 512
     assert model.aux_heads[0].decoder.in_index == 2 and model.aux_heads[0].classifier.loss_weight == 0.4
-    check_train_and_eval(model, 5)
 
 
 # K = 150: all parameters of mmseg's fcn_r101-d8 (incl. the aux head) = 68.59 M.

@@ -10,7 +10,7 @@ import torch
 from ssaseg.backbones.ms_deform_attn import MSDeformAttn, ms_deform_attn_sample
 from ssaseg.backbones.vit_adapter import ViTAdapter, convert_reference_keys
 from ssaseg.models import create_model
-from test_zoo_upernet import SSA_INFERENCE_ADDON_512, check_train_and_eval, meta_count
+from test_zoo_upernet import SSA_INFERENCE_ADDON_512, meta_count
 
 TINY = dict(embed_dim=64, depth=4, num_heads=4, deform_num_heads=4, conv_inplane=16, pretrain_size=64,
             interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]], drop_path_rate=0.1)
@@ -178,15 +178,15 @@ def test_upernet_vit_adapter_loads_a_reference_layout_checkpoint(tmp_path):
         assert torch.equal(value, ours[key]), key
 
 
-@pytest.mark.parametrize("classifier", ["linear", "ssa"])
-def test_upernet_vit_adapter_tiny_train_and_eval(classifier):
+def test_upernet_vit_adapter_injectors_learn():
     # init_values > 0: with the reference's 0 the injectors' gamma is 0 and their attention
     # gets exactly-zero (but present) gradients at the first step.
-    model = create_model("upernet_vit_adapter_l", 6, classifier=classifier, **TINY, **TINY_HEAD, init_values=0.1)
+    torch.manual_seed(0)
+    model = create_model("upernet_vit_adapter_l", 6, classifier="linear", **TINY, **TINY_HEAD, init_values=0.1)
     assert model.aux_heads[0].decoder.in_index == 2 and model.decoder.in_channels == [64] * 4
-    check_train_and_eval(model, 6)
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    assert grads["backbone.interactions.0.injector.attn.value_proj.weight"].abs().sum() > 0
+    images, targets = torch.randn(2, 3, 64, 64), torch.randint(0, 6, (2, 64, 64))  # 2: BN on the 1x1 PPM cell
+    model.train()(images, targets)["loss"].backward()
+    assert model.backbone.interactions[0].injector.attn.value_proj.weight.grad.abs().sum() > 0
 
 
 # K = 150: linear total incl. the aux head, and the SSA model without its teacher (README 364.9 M).

@@ -1,23 +1,39 @@
 """Model registry: ``create_model(name, num_classes, classifier=...)`` and ``list_models()``.
 
 Every architecture lives in one file under :mod:`ssaseg.zoo` and registers its variants with
-:func:`register_model`. An entry point builds the architecture only; weights are a separate
-concern (:func:`load_checkpoint`, :mod:`ssaseg.checkpoints`), as in timm.
+:func:`register_model`. Its architecture arguments are a frozen dataclass (e.g.
+:class:`ssaseg.zoo.segnext.SegNeXtArgs`), one instance per variant holding the paper's values; an
+entry point builds ``dataclasses.replace(variant, **overrides)``. An entry point builds the
+architecture only; weights are a separate concern (``backbone_weights`` / ``checkpoint`` of
+:func:`create_model`), as in timm.
 """
 from __future__ import annotations
 
 import fnmatch
 import importlib
+import os
 import pkgutil
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from torch import nn
 
+from .classifiers import check_classifier
 from .segmentor import Segmentor
 
 
 class ModelEntrypoint(Protocol):
-    def __call__(self, num_classes: int, classifier: str = "ssa", **kwargs) -> Segmentor: ...
+    """A registered model: ``entry(num_classes, classifier="ssa", classifier_kwargs=None,
+    **overrides) -> Segmentor``.
+
+    ``classifier`` is a key of :data:`ssaseg.classifiers.CLASSIFIERS`; ``classifier_kwargs`` go to
+    the classifier's constructor (SSA constants, loss weights); ``overrides`` replace fields of the
+    variant's architecture arguments (a frozen dataclass), and an unknown name raises
+    ``TypeError`` listing the accepted ones.
+    """
+
+    def __call__(
+        self, num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
+    ) -> Segmentor: ...
 
 
 _ENTRYPOINTS: dict[str, ModelEntrypoint] = {}
@@ -54,8 +70,9 @@ def create_model(
     name: str,
     num_classes: int,
     classifier: str = "ssa",
-    checkpoint: str | None = None,
-    **kwargs,
+    checkpoint: str | os.PathLike | None = None,
+    backbone_weights: str | os.PathLike | None = None,
+    **kwargs: Any,
 ) -> Segmentor:
     """Build a registered segmentor.
 
@@ -63,10 +80,22 @@ def create_model(
         name: registry name, see :func:`list_models`; or ``"tu-<timm name>"`` for a timm
             ``features_only`` encoder with an ssaseg decoder (:mod:`ssaseg.integrations.timm`).
         num_classes: K, the number of classes.
-        classifier: ``"ssa"``, ``"linear"`` or ``"cac"``.
-        checkpoint: optional path to a full-model checkpoint (ssaseg or official layout).
-        **kwargs: architecture arguments of the entry point (e.g. ``drop_path_rate``),
-            plus ``classifier_kwargs`` (a dict passed to the classifier).
+        classifier: a key of :data:`ssaseg.classifiers.CLASSIFIERS`.
+        checkpoint: optional path to a full-model checkpoint (ssaseg or official layout), loaded
+            last.
+        backbone_weights: optional published backbone weights: a tag such as ``"imagenet"`` or a
+            local file (:func:`ssaseg.pretrained.load_backbone_weights`).
+        **kwargs: architecture overrides of the entry point (fields of its arguments dataclass,
+            e.g. ``drop_path_rate``), plus ``classifier_kwargs`` (a dict passed to the classifier).
+
+    The model records how it was built, for saving and reloading: ``model.model_name = name``,
+    ``model.model_args = dict(kwargs)`` (the overrides as passed, ``classifier_kwargs`` included)
+    and ``model.classifier_name = classifier``.
+
+    Raises:
+        KeyError: unknown ``name``.
+        ValueError: unknown ``classifier`` (the message lists the choices).
+        TypeError: an override that is not an architecture argument of ``name``.
     """
     _import_zoo()
     timm_name = name[len("tu-"):] if name.startswith("tu-") else None
@@ -76,17 +105,22 @@ def create_model(
         close = difflib.get_close_matches(name, _ENTRYPOINTS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"unknown model {name!r}{hint} (see ssaseg.list_models())")
-    if classifier not in ("ssa", "linear", "cac"):
-        raise ValueError(f"classifier must be 'ssa', 'linear' or 'cac', got {classifier!r}")
+    check_classifier(classifier)
     if timm_name is not None:
         from .integrations.timm import create_timm_model
 
         model = create_timm_model(timm_name, num_classes=num_classes, classifier=classifier, **kwargs)
     else:
         model = _ENTRYPOINTS[name](num_classes=num_classes, classifier=classifier, **kwargs)
-    # Recorded so that load_checkpoint can pick the architecture's key converter.
+    # Recorded for load_checkpoint (the architecture's key converter) and for save/load.
     model.model_name = name
     model.architecture = architecture_of(name)
+    model.model_args = dict(kwargs)
+    model.classifier_name = classifier
+    if backbone_weights is not None:
+        from .pretrained import load_backbone_weights
+
+        load_backbone_weights(model, name, backbone_weights)
     if checkpoint is not None:
         from .checkpoints import load_checkpoint
 

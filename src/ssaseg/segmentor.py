@@ -1,17 +1,26 @@
 """Encoder -> decoder -> classifier segmentor (mmseg's EncoderDecoder and CascadeEncoderDecoder).
 
-A backbone returns a list of multi-scale features. A decoder turns them into one feature map
-``F (B, C, h, w)`` and knows nothing of the classifier. The classifier turns ``F`` into logits
-(and, in training, into its loss terms). Auxiliary heads are (decoder, classifier) pairs whose
-losses are added with their own weight. A decoder whose class attribute
-``takes_prev_logits`` is true (OCRNet) also receives the logits of ``aux_heads[0]``, which
-makes the model a cascade.
+The parts follow the contracts of :mod:`ssaseg.contracts`:
+
+* the backbone (:class:`~ssaseg.contracts.Backbone`) returns a list of multi-scale features and
+  has ``out_channels`` and ``strides``;
+* the decoder (:class:`~ssaseg.contracts.Decoder`) turns them into one feature map
+  ``F (B, channels, h, w)`` and knows nothing of the classifier;
+* the classifier (:class:`~ssaseg.contracts.Classifier`) turns ``F`` into logits (and, in
+  training, into its loss terms).
+
+Auxiliary heads are (decoder, classifier) pairs whose losses are added with their own weight. A
+decoder whose class attribute ``takes_prev_logits`` is true (:class:`~ssaseg.contracts.CascadeDecoder`,
+OCRNet) also receives the logits of ``aux_heads[0]``, which makes the model a cascade.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .classifiers import LinearClassifier, build_classifier
+from .decoders.fcn import FCNDecoder
 
 
 class AuxHead(nn.Module):
@@ -32,6 +41,11 @@ class AuxHead(nn.Module):
 
 class Segmentor(nn.Module):
     """``Segmentor(backbone, decoder, classifier, aux_heads=())``.
+
+    ``backbone``, ``decoder`` and ``classifier`` satisfy :class:`~ssaseg.contracts.Backbone`,
+    :class:`~ssaseg.contracts.Decoder` (or :class:`~ssaseg.contracts.CascadeDecoder`, which needs
+    ``aux_heads[0]`` to feed it) and :class:`~ssaseg.contracts.Classifier`; ``classifier`` is
+    built on ``decoder.channels``.
 
     Train mode: ``model(images (B,3,H,W), targets (B,H,W) long) -> dict`` of loss terms: the
     classifier's keys, ``aux.<key>`` for a single auxiliary head (``aux<i>.<key>`` for several),
@@ -116,9 +130,9 @@ def build_segmentor(
     dropout: float = 0.1,
     align_corners: bool = False,
 ) -> Segmentor:
-    """Attach a classifier of kind ``classifier`` to ``decoder`` (width ``decoder.channels``)."""
-    from .classifiers import build_classifier
-
+    """Attach a classifier of kind ``classifier`` (a key of :data:`ssaseg.classifiers.CLASSIFIERS`)
+    to ``decoder`` (width ``decoder.channels``); ``dropout`` is its default dropout before the
+    1x1 classification, ``classifier_kwargs`` go to its constructor and win over it."""
     kwargs = {"dropout": dropout, **(classifier_kwargs or {})}
     head = build_classifier(classifier, decoder.channels, num_classes, **kwargs)
     return Segmentor(backbone, decoder, head, aux_heads=aux_heads, align_corners=align_corners)
@@ -127,9 +141,8 @@ def build_segmentor(
 def fcn_aux_head(
     in_channels: int, num_classes: int, in_index: int, channels: int = 256, loss_weight: float = 0.4
 ) -> AuxHead:
-    """The paper's UperNet auxiliary head: FCN (one 3x3 ConvModule, BN), dropout 0.1, CE x0.4."""
-    from .classifiers import LinearClassifier
-    from .decoders.fcn import FCNDecoder
-
+    """mmseg's FCN auxiliary head (the paper's UperNet / FCN models): ``FCNHead`` on backbone level
+    ``in_index`` (one 3x3 ConvModule to ``channels``, BN), a linear classifier with dropout 0.1,
+    cross entropy x ``loss_weight``. Used in training only (``deploy()`` drops it)."""
     decoder = FCNDecoder(in_channels, channels, in_index=in_index, num_convs=1, kernel_size=3)
     return AuxHead(decoder, LinearClassifier(channels, num_classes, dropout=0.1, loss_weight=loss_weight))

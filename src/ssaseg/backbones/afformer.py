@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..layers import ConvModule, init_weights_, map_to_tokens, resize, tokens_to_map
 from ..weights import load_weights, register_converter, strip_prefixes
 
-__all__ = ["AFFormer", "afformer_base_backbone", "checkpoint_filter_fn"]
+__all__ = ["AFFormer", "checkpoint_filter_fn"]
 
 
 class DWConv2dBN(nn.Module):
@@ -414,17 +414,6 @@ class AFFormer(nn.Module):
             x = stage(embed(x))
             outs.append(x)
         return outs
-
-
-def afformer_base_backbone(**kwargs) -> AFFormer:
-    """AFFormer-B (official ``afformer_base``): 3.0 M-parameter segmentor backbone."""
-    return AFFormer(
-        embed_dims=(32, 96, 176, 216),
-        num_layers=(1, 2, 6, 2),
-        mlp_ratios=(2, 2, 2, 2),
-        num_heads=(8, 8, 8, 8),
-        **kwargs,
-    )
 
 
 @register_converter("afformer")

@@ -1,85 +1,88 @@
 """Helpers shared by the zoo entry points (this module registers no models).
 
-* :func:`arch_config`: the entry points' keyword handling (defaults, per-variant values, user
-  overrides, and the ``TypeError`` for unknown keywords);
-* :func:`fcn_aux_heads`: mmseg's FCN auxiliary head on backbone level 2, switched by ``aux``;
-* :func:`upernet_segmentor`: UPerHead + that auxiliary head + classifier on any 4-level backbone.
+* :func:`with_overrides`: a variant's architecture arguments with the caller's overrides;
+* :class:`FCNAuxArgs`: the settings of mmseg's FCN auxiliary head on backbone level 2
+  (:func:`ssaseg.segmentor.fcn_aux_head`);
+* :class:`UPerNetArgs` and :func:`upernet_segmentor`: UPerHead + that auxiliary head +
+  classifier on any 4-level backbone (the UperNet models' arguments extend it).
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from typing import Any
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from torch import nn
 
 from ..decoders.uper import UPerDecoder
-from ..segmentor import AuxHead, Segmentor, build_segmentor, fcn_aux_head
+from ..segmentor import Segmentor, build_segmentor, fcn_aux_head
 
-#: mmseg's FCN auxiliary head (``FCNHead`` on level 2, 256 channels, CE x0.4): the settings
-#: :func:`fcn_aux_heads` reads.
-FCN_AUX_DEFAULTS: dict[str, Any] = dict(aux=True, aux_channels=256, aux_loss_weight=0.4)
-
-#: mmseg's UperNet head (``UPerHead`` C 512, pool scales 1,2,3,6, BN; dropout 0.1 before the
-#: classifier) with the FCN auxiliary head: the settings :func:`upernet_segmentor` reads.
-UPERNET_DEFAULTS: dict[str, Any] = dict(
-    channels=512, pool_scales=(1, 2, 3, 6), head_norm="bn", dropout=0.1, **FCN_AUX_DEFAULTS, align_corners=False
-)
+ArgsT = TypeVar("ArgsT")
 
 
-def arch_config(
-    variant: str,
-    defaults: Mapping[str, Any],
-    overrides: Mapping[str, Any],
-    arch: Mapping[str, Any] | None = None,
-    fixed: Collection[str] = (),
-) -> dict[str, Any]:
-    """Return ``{**defaults, **arch, **overrides}`` after checking the override names.
-
-    Args:
-        variant: the entry point's name, used in the error message.
-        defaults: values shared by every variant of the architecture.
-        overrides: the user's ``**kwargs``.
-        arch: the variant's own values (they win over ``defaults``); None for single-variant
-            architectures.
-        fixed: keys of ``arch`` that select the variant and cannot be overridden (e.g. the name
-            of a backbone table entry).
+def with_overrides(variant: str, args: ArgsT, overrides: Mapping[str, Any]) -> ArgsT:
+    """``dataclasses.replace(args, **overrides)``: the entry point ``variant``'s architecture
+    arguments ``args`` (a frozen dataclass instance) with the caller's ``overrides``.
 
     Raises:
-        TypeError: ``"{variant}() got unexpected arguments [...]; accepted: [...]"`` when
-            ``overrides`` names a key that is not accepted.
+        TypeError: ``"{variant}() got unexpected arguments [...]; accepted: [...]"`` when an
+            override is not a field of ``args``.
     """
-    cfg = {**defaults, **(arch or {})}
-    accepted = set(cfg) - set(fixed)
-    unknown = sorted(set(overrides) - accepted)
+    accepted = sorted(f.name for f in dataclasses.fields(args) if f.init)
+    unknown = sorted(set(overrides) - set(accepted))
     if unknown:
-        raise TypeError(f"{variant}() got unexpected arguments {unknown}; accepted: {sorted(accepted)}")
-    cfg.update(overrides)
-    return cfg
+        raise TypeError(f"{variant}() got unexpected arguments {unknown}; accepted: {accepted}")
+    return dataclasses.replace(args, **overrides)
 
 
-def fcn_aux_heads(backbone: nn.Module, num_classes: int, cfg: Mapping[str, Any]) -> list[AuxHead]:
-    """mmseg's FCN auxiliary head on backbone level 2 (``cfg["aux_channels"]`` wide, loss weight
-    ``cfg["aux_loss_weight"]``) when ``cfg["aux"]``; otherwise no auxiliary head."""
-    if not cfg["aux"]:
-        return []
-    return [
-        fcn_aux_head(backbone.out_channels[2], num_classes, in_index=2, channels=cfg["aux_channels"],
-                     loss_weight=cfg["aux_loss_weight"])
-    ]
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FCNAuxArgs:
+    """mmseg's FCN auxiliary head on backbone level 2 (:func:`ssaseg.segmentor.fcn_aux_head`).
+
+    Attributes:
+        aux: build the auxiliary head (training only; ``deploy()`` drops it).
+        aux_channels: width of its 3x3 ConvModule.
+        aux_loss_weight: weight of its cross entropy.
+    """
+
+    aux: bool = True
+    aux_channels: int = 256
+    aux_loss_weight: float = 0.4
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UPerNetArgs(FCNAuxArgs):
+    """mmseg's UperNet head (the settings of :func:`upernet_segmentor`), with the FCN auxiliary
+    head of :class:`FCNAuxArgs`.
+
+    Attributes:
+        channels: C, width of the UPerHead (PPM, FPN) and of ``F``.
+        pool_scales: PPM pooling grid sizes on the last level.
+        head_norm: norm of the head's ConvModules, ``"bn"`` (SyncBN under DDP) or ``"gn"``.
+        dropout: Dropout2d before the classifier's 1x1 convolution.
+        align_corners: flag of every bilinear resize (decoder and logits).
+    """
+
+    channels: int = 512
+    pool_scales: tuple[int, ...] = (1, 2, 3, 6)
+    head_norm: str = "bn"
+    dropout: float = 0.1
+    align_corners: bool = False
 
 
 def upernet_segmentor(
-    backbone: nn.Module, num_classes: int, classifier: str, classifier_kwargs: dict | None, cfg: Mapping[str, Any]
+    backbone: nn.Module, num_classes: int, classifier: str, classifier_kwargs: dict | None, args: UPerNetArgs
 ) -> Segmentor:
-    """UperNet on ``backbone``: UPerHead on all its levels (``channels``, ``pool_scales``,
-    ``head_norm``), the optional FCN auxiliary head (:func:`fcn_aux_heads`) and the classifier
-    (``dropout``); ``align_corners`` for every resize. All settings are read from ``cfg``."""
+    """UperNet on ``backbone``: UPerHead on all its levels, the FCN auxiliary head on level 2
+    when ``args.aux``, and the classifier."""
     decoder = UPerDecoder(
-        backbone.out_channels, cfg["channels"], pool_scales=cfg["pool_scales"], norm=cfg["head_norm"],
-        align_corners=cfg["align_corners"],
+        backbone.out_channels, args.channels, pool_scales=args.pool_scales, norm=args.head_norm,
+        align_corners=args.align_corners,
     )
-    aux = fcn_aux_heads(backbone, num_classes, cfg)
     return build_segmentor(
-        backbone, decoder, num_classes, classifier, classifier_kwargs, aux_heads=aux,
-        dropout=cfg["dropout"], align_corners=cfg["align_corners"],
+        backbone, decoder, num_classes, classifier, classifier_kwargs,
+        aux_heads=[fcn_aux_head(backbone.out_channels[2], num_classes, 2, args.aux_channels, args.aux_loss_weight)]
+        if args.aux
+        else [],
+        dropout=args.dropout, align_corners=args.align_corners,
     )

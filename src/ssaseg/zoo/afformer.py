@@ -1,6 +1,7 @@
 """AFFormer-B: AFFormer backbone + the "head-free" CLS decoder (spec §7, §10.8, §11.1).
 
-Entry point ``afformer_b``. The decoder is one 1x1 ConvModule (GN, ReLU) on the 216-channel
+Entry point ``afformer_b`` (architecture arguments :class:`AFFormerArgs`, values
+:data:`AFFORMER_B`). The decoder is one 1x1 ConvModule (GN, ReLU) on the 216-channel
 stride-8 level; F has 256 channels at 1/8 and goes to the SSA (default) or linear classifier.
 
 Parameters at K = 150, counted with :func:`ssaseg.count_parameters` (``tests/test_zoo_afformer.py``):
@@ -23,10 +24,11 @@ GMACs at 512x512 (:func:`ssaseg.complexity.mmcv_gmacs`, mmcv 1.x convention): 4.
 mmcv counts them there too.
 
 Published backbone weights are listed apart from the architecture in
-:data:`PRETRAINED_BACKBONES`; nothing is downloaded: pass the local file as ``backbone_weights``.
+:data:`PRETRAINED_BACKBONES`; nothing is downloaded.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..backbones.afformer import AFFormer
@@ -35,7 +37,7 @@ from ..decoders.afformer_head import AFFormerDecoder
 from ..models import register_model
 from ..pretrained import PretrainedCfg, register_pretrained
 from ..segmentor import Segmentor, build_segmentor
-from ._common import arch_config
+from ._common import with_overrides
 
 #: ImageNet-1k AFFormer weights used by the SSA-Seg configs (tag "imagenet"; this backbone's
 #: layout, converter "afformer"). Published through a README link only: no direct download URL.
@@ -48,20 +50,39 @@ PRETRAINED_BACKBONES: dict[str, PretrainedCfg] = register_pretrained({
     ),
 })
 
-_DEFAULTS: dict[str, Any] = dict(
-    embed_dims=(32, 96, 176, 216),
-    num_layers=(1, 2, 6, 2),
-    mlp_ratios=(2, 2, 2, 2),
-    num_heads=(8, 8, 8, 8),
-    drop_path_rate=0.0,
-    crpe_window={3: 2, 5: 3, 7: 3},
-    channels=256,
-    in_index=3,
-    head_norm="gn",
-    dropout=0.1,
-    align_corners=False,
-    backbone_weights=None,
-)
+@dataclass(frozen=True, kw_only=True)
+class AFFormerArgs:
+    """Architecture arguments of AFFormer (backbone + the official "head-free" CLS decoder).
+
+    Attributes:
+        embed_dims: channels of the four stages.
+        num_layers: blocks per stage.
+        mlp_ratios: MLP expansion per stage.
+        num_heads: attention heads per stage.
+        drop_path_rate: stochastic depth, linearly increasing over all blocks.
+        crpe_window: convolutional relative position encoding, ``(kernel, heads)`` pairs (a
+            ``{kernel: heads}`` mapping is accepted too).
+        channels: C, the decoder width (``F``); a multiple of 32 with GroupNorm.
+        in_index: backbone level read by the decoder.
+        head_norm: decoder norm, ``"gn"`` or ``"bn"``.
+        dropout: Dropout2d before the classifier's 1x1 convolution.
+        align_corners: flag of the bilinear resize of the logits.
+    """
+
+    embed_dims: tuple[int, ...] = (32, 96, 176, 216)
+    num_layers: tuple[int, ...] = (1, 2, 6, 2)
+    mlp_ratios: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (8, 8, 8, 8)
+    drop_path_rate: float = 0.0
+    crpe_window: tuple[tuple[int, int], ...] = ((3, 2), (5, 3), (7, 3))
+    channels: int = 256
+    in_index: int = 3
+    head_norm: str = "gn"
+    dropout: float = 0.1
+    align_corners: bool = False
+
+
+AFFORMER_B = AFFormerArgs()
 
 
 @register_key_converter("afformer")
@@ -74,41 +95,37 @@ def convert_afformer_official(state_dict: StateDict) -> StateDict:
     return {k: v for k, v in state_dict.items() if not k.startswith("decoder.align.")}
 
 
-@register_model
-def afformer_b(num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **kwargs) -> Segmentor:
-    """AFFormer-B (official ``afformer_base`` + ``CLS`` head; 3.0 M baseline, 3.3 M +SSA in the paper).
-
-    Args:
-        num_classes: K.
-        classifier: "ssa" (default) or "linear".
-        classifier_kwargs: passed to the classifier (SSA constants, loss weights).
-        **kwargs: architecture overrides (defaults: the official config): embed_dims (4 ints),
-            num_layers (4 ints), mlp_ratios (4 ints), num_heads (4 ints), drop_path_rate,
-            crpe_window ({kernel: heads}), channels (decoder width C, a multiple of 32 for GN),
-            in_index (backbone level read by the decoder), head_norm ("gn" | "bn"), dropout
-            (before the classifier, 0.1), align_corners, backbone_weights (path to published
-            AFFormer weights, loaded strictly; see PRETRAINED_BACKBONES).
-
-    Returns a :class:`~ssaseg.segmentor.Segmentor`; F is ``(B, channels, H/8, W/8)``.
-    """
-    cfg = arch_config("afformer_b", _DEFAULTS, kwargs)
+def build_afformer(
+    args: AFFormerArgs, num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None
+) -> Segmentor:
+    """AFFormer from its architecture arguments; F is ``(B, channels, H/8, W/8)``."""
+    # int(): a mapping read back from JSON has string keys.
+    crpe_window = {int(kernel): int(heads) for kernel, heads in dict(args.crpe_window).items()}
     backbone = AFFormer(
-        embed_dims=tuple(cfg["embed_dims"]),
-        num_layers=tuple(cfg["num_layers"]),
-        mlp_ratios=tuple(cfg["mlp_ratios"]),
-        num_heads=tuple(cfg["num_heads"]),
-        drop_path_rate=cfg["drop_path_rate"],
-        crpe_window=cfg["crpe_window"],
+        embed_dims=tuple(args.embed_dims),
+        num_layers=tuple(args.num_layers),
+        mlp_ratios=tuple(args.mlp_ratios),
+        num_heads=tuple(args.num_heads),
+        drop_path_rate=args.drop_path_rate,
+        crpe_window=crpe_window,
     )
-    if cfg["backbone_weights"] is not None:
-        backbone.load_pretrained(cfg["backbone_weights"])
     decoder = AFFormerDecoder(
-        in_channels=backbone.out_channels[cfg["in_index"]],
-        channels=cfg["channels"],
-        in_index=cfg["in_index"],
-        norm=cfg["head_norm"],
+        in_channels=backbone.out_channels[args.in_index],
+        channels=args.channels,
+        in_index=args.in_index,
+        norm=args.head_norm,
     )
     return build_segmentor(
         backbone, decoder, num_classes, classifier, classifier_kwargs,
-        dropout=cfg["dropout"], align_corners=cfg["align_corners"],
+        dropout=args.dropout, align_corners=args.align_corners,
     )
+
+
+@register_model
+def afformer_b(
+    num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
+) -> Segmentor:
+    """AFFormer-B (official ``afformer_base`` + ``CLS`` head): :data:`AFFORMER_B` with
+    ``overrides`` (:class:`AFFormerArgs`)."""
+    args = with_overrides("afformer_b", AFFORMER_B, overrides)
+    return build_afformer(args, num_classes, classifier, classifier_kwargs)

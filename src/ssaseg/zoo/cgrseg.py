@@ -1,12 +1,13 @@
 """CGRSeg-B / CGRSeg-L: EfficientFormerV2-S2 / -L + the CGRSeg decoder (spec §7, §10.9, §11.1).
 
-Entry points ``cgrseg_b`` and ``cgrseg_l``. The two classifiers are not interchangeable heads on
+Entry points ``cgrseg_b`` and ``cgrseg_l`` (architecture arguments :class:`CGRSegArgs`, values
+:data:`CGRSEG_B`, :data:`CGRSEG_L`). The two classifiers are not interchangeable heads on
 the same decoder output, because the official CGRSeg baseline classifies in two stages:
 
 * ``classifier="ssa"`` (the paper's ``CGRSeg_ssa``): the decoder ends with ``linear_fuse`` and the
   SSA classifier classifies ``F``; the baseline's second stage is dropped (spec §14 Q20).
 * ``classifier="linear"`` (the official ``CGRSeg`` baseline): the decoder stops before
-  ``linear_fuse`` and :class:`~ssaseg.decoders.cgr.CGRClassifier` runs the official two-stage
+  ``linear_fuse`` and :class:`~ssaseg.classifiers.cgr.CGRClassifier` runs the official two-stage
   classifier (coarse logits -> class contexts -> dynamic-prototype gate ``lgc`` -> the same
   ``conv_seg``). Its loss, as the official head's, is the cross entropy of the final logits
   only. ``classifier_kwargs`` go to CGRClassifier (``dropout`` excepted, an entry-point kwarg).
@@ -43,15 +44,17 @@ Official CGRSeg and SSA-CGRSeg segmentor checkpoints map with the generic rules 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..backbones.efficientformer_v2 import EFFICIENTFORMER_V2_ARCHS, EfficientFormerV2
 from ..checkpoints import StateDict, register_key_converter
-from ..decoders.cgr import CGRClassifier, CGRDecoder
+from ..classifiers import CGRClassifier, check_classifier
+from ..decoders.cgr import CGRDecoder
 from ..models import register_model
 from ..pretrained import PretrainedCfg, register_pretrained
 from ..segmentor import Segmentor, build_segmentor
-from ._common import arch_config
+from ._common import with_overrides
 
 #: Published ImageNet-1k EfficientFormerV2 weights used by the CGRSeg configs (tag "imagenet"; snap
 #: layout ``{"model": ...}``, converter "efficientformer_v2", which also reads timm's
@@ -67,26 +70,55 @@ PRETRAINED_BACKBONES: dict[str, PretrainedCfg] = register_pretrained({
     for v, size in (("b", "S2"), ("l", "L"))
 })
 
-#: Backbone arch and decoder values per variant (spec §10.9 table).
-_ARCHS: dict[str, dict[str, Any]] = {
-    "cgrseg_b": dict(backbone="S2", dw_size=11, neck_size=11, next_repeat=6),
-    "cgrseg_l": dict(backbone="L", dw_size=9, neck_size=9, next_repeat=5),
-}
 
-_DEFAULTS: dict[str, Any] = dict(
-    drop_path_rate=None,  # None: the backbone's own (S2 0.02, L 0.1)
-    layer_scale_init=1e-5,
-    resolution=512,
-    channels=256,
-    in_index=(1, 2, 3),
-    is_dw=True,
-    mr=2.0,
-    square_kernel_size=3,
-    ratio=1,
-    dropout=0.1,
-    align_corners=False,
-    backbone_weights=None,
-)
+@dataclass(frozen=True, kw_only=True)
+class CGRSegArgs:
+    """Architecture arguments of CGRSeg (EfficientFormerV2 backbone + CGRSeg decoder).
+
+    Attributes:
+        widths: channels of the four backbone stages.
+        depths: backbone blocks per stage.
+        expansion_ratios: MLP expansion of every backbone block, one tuple per stage.
+        vit_num: attention blocks at the end of stages 3 and 4.
+        drop_path_rate: backbone stochastic depth.
+        layer_scale_init: initial backbone layer scale.
+        resolution: input side the backbone's attention-bias tables are sized for.
+        channels: C, the decoder width (``F``).
+        in_index: backbone levels read by the decoder.
+        is_dw: depthwise ``linear_fuse``.
+        next_repeat: RCMs in the decoder's ``trans`` stack.
+        mr: MLP ratio of every RCM.
+        dw_size: band kernel of the per-level RCMs.
+        neck_size: band kernel of the ``trans`` RCMs.
+        square_kernel_size: local depthwise kernel of the RCA.
+        ratio: RCA group ratio of the per-level RCMs.
+        dropout: Dropout2d before the classifier's 1x1 convolution.
+        align_corners: flag of every bilinear resize (classifier and logits).
+    """
+
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    expansion_ratios: tuple[tuple[int, ...], ...]
+    vit_num: int
+    drop_path_rate: float
+    layer_scale_init: float = 1e-5
+    resolution: int = 512
+    channels: int = 256
+    in_index: tuple[int, ...] = (1, 2, 3)
+    is_dw: bool = True
+    next_repeat: int = 6
+    mr: float = 2.0
+    dw_size: int = 11
+    neck_size: int = 11
+    square_kernel_size: int = 3
+    ratio: int = 1
+    dropout: float = 0.1
+    align_corners: bool = False
+
+
+# Backbones EfficientFormerV2-S2 / -L and the decoder values of spec §10.9.
+CGRSEG_B = CGRSegArgs(**EFFICIENTFORMER_V2_ARCHS["S2"], dw_size=11, neck_size=11, next_repeat=6)
+CGRSEG_L = CGRSegArgs(**EFFICIENTFORMER_V2_ARCHS["L"], dw_size=9, neck_size=9, next_repeat=5)
 
 _BACKBONE_BUFFERS = (".attention_biases", ".attention_bias_idxs", ".attention_bias_idxs_seg")
 
@@ -99,7 +131,7 @@ def convert_cgrseg_official(state_dict: StateDict) -> StateDict:
     * backbone: the legacy ``attention_biases`` / ``attention_bias_idxs`` buffers and the
       ``attention_bias_idxs_seg`` index tables are dropped (never used / recomputed);
     * baseline checkpoints (they have ``lgc``): ``linear_fuse`` and ``lgc`` belong to
-      :class:`~ssaseg.decoders.cgr.CGRClassifier`, so ``decoder.{linear_fuse,lgc}.*`` move to
+      :class:`~ssaseg.classifiers.cgr.CGRClassifier`, so ``decoder.{linear_fuse,lgc}.*`` move to
       ``classifier.*``. SSA checkpoints keep ``decoder.linear_fuse.*``.
     """
     baseline = any(k.startswith("decoder.lgc.") for k in state_dict)
@@ -113,76 +145,64 @@ def convert_cgrseg_official(state_dict: StateDict) -> StateDict:
     return out
 
 
-def _build(variant: str, num_classes: int, classifier: str, classifier_kwargs: dict | None, overrides: dict) -> Segmentor:
-    # "backbone" names the EfficientFormerV2 table entry of the variant; it is not a kwarg.
-    cfg = arch_config(variant, _DEFAULTS, overrides, _ARCHS[variant], fixed=("backbone",))
-    arch = EFFICIENTFORMER_V2_ARCHS[cfg["backbone"]]
+def build_cgrseg(
+    args: CGRSegArgs, num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None
+) -> Segmentor:
+    """CGRSeg from its architecture arguments; F is ``(B, C, H/8, W/8)``. ``classifier="linear"``
+    builds the official two-stage baseline (:class:`~ssaseg.classifiers.cgr.CGRClassifier`, which
+    gets ``classifier_kwargs``), every other kind classifies the decoder's ``linear_fuse`` output."""
+    check_classifier(classifier)
     backbone = EfficientFormerV2(
-        arch["widths"],
-        arch["depths"],
-        arch["expansion_ratios"],
-        arch["vit_num"],
-        drop_path_rate=arch["drop_path_rate"] if cfg["drop_path_rate"] is None else cfg["drop_path_rate"],
-        layer_scale_init=cfg["layer_scale_init"],
-        resolution=cfg["resolution"],
+        args.widths,
+        args.depths,
+        args.expansion_ratios,
+        args.vit_num,
+        drop_path_rate=args.drop_path_rate,
+        layer_scale_init=args.layer_scale_init,
+        resolution=args.resolution,
     )
-    if cfg["backbone_weights"] is not None:
-        backbone.load_pretrained(cfg["backbone_weights"])
-    in_index = list(cfg["in_index"])
+    in_index = list(args.in_index)
     two_stage = classifier == "linear"
     decoder = CGRDecoder(
         in_channels=[backbone.out_channels[i] for i in in_index],
-        channels=cfg["channels"],
+        channels=args.channels,
         in_index=in_index,
-        is_dw=cfg["is_dw"],
-        next_repeat=cfg["next_repeat"],
-        mr=cfg["mr"],
-        dw_size=cfg["dw_size"],
-        neck_size=cfg["neck_size"],
-        square_kernel_size=cfg["square_kernel_size"],
-        ratio=cfg["ratio"],
+        is_dw=args.is_dw,
+        next_repeat=args.next_repeat,
+        mr=args.mr,
+        dw_size=args.dw_size,
+        neck_size=args.neck_size,
+        square_kernel_size=args.square_kernel_size,
+        ratio=args.ratio,
         linear_fuse=not two_stage,
     )
     if two_stage:
         head = CGRClassifier(
-            cfg["channels"], num_classes, dropout=cfg["dropout"], is_dw=cfg["is_dw"],
-            align_corners=cfg["align_corners"], **(classifier_kwargs or {}),
+            args.channels, num_classes, dropout=args.dropout, is_dw=args.is_dw,
+            align_corners=args.align_corners, **(classifier_kwargs or {}),
         )
-        return Segmentor(backbone, decoder, head, align_corners=cfg["align_corners"])
+        return Segmentor(backbone, decoder, head, align_corners=args.align_corners)
     return build_segmentor(
         backbone, decoder, num_classes, classifier, classifier_kwargs,
-        dropout=cfg["dropout"], align_corners=cfg["align_corners"],
+        dropout=args.dropout, align_corners=args.align_corners,
     )
 
 
-_DOC = """CGRSeg-{size} (EfficientFormerV2-{bb} + CGRSeg head: dw_size {dw}, neck_size {dw}, next_repeat {rep}).
-
-    Args:
-        num_classes: K.
-        classifier: "ssa" (default; decoder + SSA) or "linear" (the official two-stage
-            CGRSeg classifier, :class:`~ssaseg.decoders.cgr.CGRClassifier`).
-        classifier_kwargs: passed to the classifier.
-        **kwargs: architecture overrides (defaults: the official config): drop_path_rate
-            (backbone; default S2 0.02 / L 0.1), layer_scale_init (1e-5), resolution (input side
-            the attention-bias tables are sized for, 512), channels (C, 256), in_index
-            ((1, 2, 3)), is_dw, mr (RCM MLP ratio, 2), dw_size, neck_size, next_repeat,
-            square_kernel_size (3), ratio (1), dropout (0.1), align_corners, backbone_weights
-            (snap-research ``eformer_*_450.pth`` path, loaded strictly after conversion; see
-            PRETRAINED_BACKBONES).
-
-    Returns a :class:`~ssaseg.segmentor.Segmentor`; F is ``(B, C, H/8, W/8)``.
-    """
+@register_model
+def cgrseg_b(
+    num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
+) -> Segmentor:
+    """CGRSeg-B (EfficientFormerV2-S2 + CGRSeg head):
+    :data:`CGRSEG_B` with ``overrides`` (:class:`CGRSegArgs`)."""
+    args = with_overrides("cgrseg_b", CGRSEG_B, overrides)
+    return build_cgrseg(args, num_classes, classifier, classifier_kwargs)
 
 
 @register_model
-def cgrseg_b(num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **kwargs) -> Segmentor:
-    return _build("cgrseg_b", num_classes, classifier, classifier_kwargs, kwargs)
-
-
-@register_model
-def cgrseg_l(num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **kwargs) -> Segmentor:
-    return _build("cgrseg_l", num_classes, classifier, classifier_kwargs, kwargs)
-
-
-cgrseg_b.__doc__ = _DOC.format(size="B", bb="S2", dw=11, rep=6)
-cgrseg_l.__doc__ = _DOC.format(size="L", bb="L", dw=9, rep=5)
+def cgrseg_l(
+    num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
+) -> Segmentor:
+    """CGRSeg-L (EfficientFormerV2-L + CGRSeg head):
+    :data:`CGRSEG_L` with ``overrides`` (:class:`CGRSegArgs`)."""
+    args = with_overrides("cgrseg_l", CGRSEG_L, overrides)
+    return build_cgrseg(args, num_classes, classifier, classifier_kwargs)

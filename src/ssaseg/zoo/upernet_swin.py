@@ -1,12 +1,13 @@
 """UperNet + Swin-T/B/L with the FCN auxiliary head (spec §6.8, §7, §10.2).
 
-Entry points ``upernet_swin_t``, ``upernet_swin_b``, ``upernet_swin_l``; the defaults are mmseg's
+Entry points ``upernet_swin_t``, ``upernet_swin_b``, ``upernet_swin_l``: architecture arguments
+:class:`UPerNetSwinArgs`, one instance per variant (:data:`UPERNET_SWIN_T` ...) with mmseg's
 ``upernet_swin`` configs: window 7, drop path 0.3, UPerHead C 512 with pool scales (1,2,3,6) on
 all four stages, FCN auxiliary head on stage 2 (256 channels, CE x0.4).
 
-Published ImageNet backbone weights are listed in :data:`PRETRAINED_BACKBONES`; nothing is
-downloaded: pass the local file as ``backbone_weights`` (mmseg layout as used by the configs, or
-the Microsoft / timm layout, converted on load by :func:`~ssaseg.backbones.swin.convert_swin_official`).
+Published ImageNet backbone weights are listed in :data:`PRETRAINED_BACKBONES` (mmseg layout as
+used by the configs, or the Microsoft / timm layout, converted on load by
+:func:`~ssaseg.backbones.swin.convert_swin_official`); nothing is downloaded.
 
 Official full-model SSA-Seg checkpoints have the mmseg Swin names, which are this backbone's;
 only mmseg's persistent ``relative_position_index`` buffers are dropped (key rule ``"upernet_swin"``
@@ -20,6 +21,7 @@ linear T 59,941,862 / B 121,279,716 / L 233,759,936 (mmseg: 59.94 M, ~121 M, ~23
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..backbones.swin import SwinTransformer
@@ -27,7 +29,7 @@ from ..checkpoints import StateDict, register_key_converter
 from ..models import register_model
 from ..pretrained import PretrainedCfg, register_pretrained
 from ..segmentor import Segmentor
-from ._common import UPERNET_DEFAULTS, arch_config, upernet_segmentor
+from ._common import UPerNetArgs, upernet_segmentor, with_overrides
 
 _MMSEG_PRETRAIN = "https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/swin/"
 
@@ -50,36 +52,53 @@ PRETRAINED_BACKBONES: dict[str, PretrainedCfg] = register_pretrained({
     )
 })
 
-_ARCHS: dict[str, dict[str, Any]] = {
-    "upernet_swin_t": dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
-    "upernet_swin_b": dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
-    "upernet_swin_l": dict(embed_dims=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
-}
+@dataclass(frozen=True, kw_only=True)
+class UPerNetSwinArgs(UPerNetArgs):
+    """Architecture arguments of UperNet + Swin: the Swin backbone's below, the head's and the
+    auxiliary head's in :class:`~ssaseg.zoo._common.UPerNetArgs`.
 
-_DEFAULTS: dict[str, Any] = dict(
-    window_size=7,
-    mlp_ratio=4.0,
-    qkv_bias=True,
-    drop_rate=0.0,
-    attn_drop_rate=0.0,
-    drop_path_rate=0.3,
-    with_cp=False,
-    **UPERNET_DEFAULTS,
-    backbone_weights=None,
-)
+    Attributes:
+        embed_dims: channels of the first stage (doubled at every stage).
+        depths: Swin blocks per stage.
+        num_heads: attention heads per stage.
+        window_size: attention window side.
+        mlp_ratio: MLP expansion.
+        qkv_bias: bias of the qkv projection.
+        drop_rate: dropout after the patch embedding and projections.
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: stochastic depth, linearly increasing over all blocks.
+        with_cp: activation checkpointing (saves memory, same results).
+    """
+
+    embed_dims: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.3
+    with_cp: bool = False
 
 
-def _build(variant: str, num_classes: int, classifier: str, classifier_kwargs: dict | None, overrides: dict) -> Segmentor:
-    cfg = arch_config(variant, _DEFAULTS, overrides, _ARCHS[variant])
+UPERNET_SWIN_T = UPerNetSwinArgs(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
+UPERNET_SWIN_B = UPerNetSwinArgs(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
+UPERNET_SWIN_L = UPerNetSwinArgs(embed_dims=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
+
+
+def build_upernet_swin(
+    args: UPerNetSwinArgs, num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None
+) -> Segmentor:
+    """UperNet + Swin from its architecture arguments; F is the UPerHead ``fpn_bottleneck``
+    output at stride 4."""
     backbone = SwinTransformer(
-        embed_dims=cfg["embed_dims"], depths=cfg["depths"], num_heads=cfg["num_heads"],
-        window_size=cfg["window_size"], mlp_ratio=cfg["mlp_ratio"], qkv_bias=cfg["qkv_bias"],
-        drop_rate=cfg["drop_rate"], attn_drop_rate=cfg["attn_drop_rate"], drop_path_rate=cfg["drop_path_rate"],
-        with_cp=cfg["with_cp"],
+        embed_dims=args.embed_dims, depths=args.depths, num_heads=args.num_heads,
+        window_size=args.window_size, mlp_ratio=args.mlp_ratio, qkv_bias=args.qkv_bias,
+        drop_rate=args.drop_rate, attn_drop_rate=args.attn_drop_rate, drop_path_rate=args.drop_path_rate,
+        with_cp=args.with_cp,
     )
-    if cfg["backbone_weights"] is not None:
-        backbone.load_pretrained(cfg["backbone_weights"])
-    return upernet_segmentor(backbone, num_classes, classifier, classifier_kwargs, cfg)
+    return upernet_segmentor(backbone, num_classes, classifier, classifier_kwargs, args)
 
 
 @register_key_converter("upernet_swin")
@@ -88,43 +107,31 @@ def _drop_mmseg_buffers(state: StateDict) -> StateDict:
     return {k: v for k, v in state.items() if not k.endswith("relative_position_index")}
 
 
-_DOC = """UperNet + Swin-{size} (embed {embed}, depths {depths}, heads {heads}; window 7).
-
-    Args:
-        num_classes: K.
-        classifier: "ssa" (default) or "linear".
-        classifier_kwargs: passed to the classifier (SSA constants, loss weights).
-        **kwargs: architecture overrides (defaults: mmseg's config): embed_dims, depths,
-            num_heads, window_size (7), mlp_ratio (4), qkv_bias, drop_rate, attn_drop_rate,
-            drop_path_rate (0.3), with_cp (activation checkpointing), channels (decoder C, 512),
-            pool_scales ((1,2,3,6)), head_norm ("bn"), dropout (before the classifier, 0.1),
-            aux (FCN auxiliary head on stage 2, True), aux_channels (256), aux_loss_weight (0.4),
-            align_corners, backbone_weights (path; see PRETRAINED_BACKBONES).
-
-    Returns a :class:`~ssaseg.segmentor.Segmentor`; F is the UPerHead ``fpn_bottleneck`` output
-    (C 512) at stride 4.
-    """
+@register_model
+def upernet_swin_t(
+    num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
+) -> Segmentor:
+    """UperNet + Swin-T with the FCN auxiliary head:
+    :data:`UPERNET_SWIN_T` with ``overrides`` (:class:`UPerNetSwinArgs`)."""
+    args = with_overrides("upernet_swin_t", UPERNET_SWIN_T, overrides)
+    return build_upernet_swin(args, num_classes, classifier, classifier_kwargs)
 
 
 @register_model
-def upernet_swin_t(num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **kwargs) -> Segmentor:
-    return _build("upernet_swin_t", num_classes, classifier, classifier_kwargs, kwargs)
+def upernet_swin_b(
+    num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
+) -> Segmentor:
+    """UperNet + Swin-B with the FCN auxiliary head:
+    :data:`UPERNET_SWIN_B` with ``overrides`` (:class:`UPerNetSwinArgs`)."""
+    args = with_overrides("upernet_swin_b", UPERNET_SWIN_B, overrides)
+    return build_upernet_swin(args, num_classes, classifier, classifier_kwargs)
 
 
 @register_model
-def upernet_swin_b(num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **kwargs) -> Segmentor:
-    return _build("upernet_swin_b", num_classes, classifier, classifier_kwargs, kwargs)
-
-
-@register_model
-def upernet_swin_l(num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **kwargs) -> Segmentor:
-    return _build("upernet_swin_l", num_classes, classifier, classifier_kwargs, kwargs)
-
-
-for _fn in (upernet_swin_t, upernet_swin_b, upernet_swin_l):
-    _arch = _ARCHS[_fn.__name__]
-    _fn.__doc__ = _DOC.format(
-        size=_fn.__name__[-1].upper(), embed=_arch["embed_dims"], depths=",".join(map(str, _arch["depths"])),
-        heads=",".join(map(str, _arch["num_heads"])),
-    )
-del _fn, _arch
+def upernet_swin_l(
+    num_classes: int, classifier: str = "ssa", classifier_kwargs: dict | None = None, **overrides: Any
+) -> Segmentor:
+    """UperNet + Swin-L with the FCN auxiliary head:
+    :data:`UPERNET_SWIN_L` with ``overrides`` (:class:`UPerNetSwinArgs`)."""
+    args = with_overrides("upernet_swin_l", UPERNET_SWIN_L, overrides)
+    return build_upernet_swin(args, num_classes, classifier, classifier_kwargs)
