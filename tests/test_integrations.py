@@ -232,7 +232,8 @@ def test_timm_channels_last_backbone_and_errors() -> None:
 
 
 def test_timm_local_weights(tmp_path) -> None:
-    """``pretrained=<file>`` / ``load_pretrained`` read a local timm checkpoint (no download)."""
+    """``pretrained=<file>`` and ``create_model("tu-...", backbone_weights=<file>)`` read a local timm
+    checkpoint (no download)."""
     import timm
     from safetensors.torch import save_file
 
@@ -241,9 +242,8 @@ def test_timm_local_weights(tmp_path) -> None:
     torch.manual_seed(1)
     classifier_net = timm.create_model("resnet18", num_classes=10)
     save_file(classifier_net.state_dict(), str(tmp_path / "resnet18.safetensors"))
-    backbone = TimmBackbone("resnet18")
-    backbone.load_pretrained(tmp_path / "resnet18.safetensors")
-    assert torch.equal(backbone.body.layer4[1].conv2.weight, classifier_net.layer4[1].conv2.weight)
+    model = ssaseg.create_model("tu-resnet18", num_classes=3, backbone_weights=tmp_path / "resnet18.safetensors")
+    assert torch.equal(model.backbone.body.layer4[1].conv2.weight, classifier_net.layer4[1].conv2.weight)
     direct = TimmBackbone("resnet18", pretrained=tmp_path / "resnet18.safetensors")
     assert torch.equal(direct.body.conv1.weight, classifier_net.conv1.weight)
     with pytest.raises(FileNotFoundError):

@@ -13,6 +13,7 @@ from ssaseg.backbones.mscan import MSCAN
 from ssaseg.checkpoints import SSA_PARAMETER_NAMES, load_checkpoint
 from ssaseg.decoders.ham import NMF2D
 from ssaseg.models import count_parameters, create_model, list_models
+from ssaseg.weights import load_weights
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -197,7 +198,7 @@ def test_official_mit_converter_roundtrip(tmp_path):
     path = tmp_path / "mit_official.pth"
     torch.save({"state_dict": official}, path)
     model = tiny("segformer_b0", "linear", depths=(1, 2, 1, 1)).eval()
-    model.backbone.load_pretrained(path)
+    load_weights(model.backbone, path, "mit")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         for a, b in zip(src(x), model.backbone(x)):
@@ -206,9 +207,9 @@ def test_official_mit_converter_roundtrip(tmp_path):
     # mmseg layout loads as is; a wrong-size file names the file and the keys
     mm_path = tmp_path / "mit_mmseg.pth"
     torch.save(src.state_dict(), mm_path)
-    MixVisionTransformer(8, (1, 2, 1, 1)).load_pretrained(mm_path)
+    load_weights(MixVisionTransformer(8, (1, 2, 1, 1)), mm_path, "mit")
     with pytest.raises(ValueError, match=r"mit_mmseg\.pth does not fit[\s\S]*missing layers\.0\.1\.1\."):
-        MixVisionTransformer(8, (2, 2, 1, 1)).load_pretrained(mm_path)
+        load_weights(MixVisionTransformer(8, (2, 2, 1, 1)), mm_path, "mit")
 
 
 def nvlabs_mit_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, heads, srs, patch_sizes=(7, 3, 3, 3)):
@@ -270,13 +271,13 @@ def test_mscan_published_layout_loads(tmp_path):
     # ImageNet files carry the classifier (dropped) and may carry a "state_dict" wrapper
     torch.save({"state_dict": {**src.state_dict(), "head.weight": torch.zeros(10, 32), "head.bias": torch.zeros(10)}}, path)
     model = tiny("segnext_t", "linear").eval()
-    model.backbone.load_pretrained(path)
+    load_weights(model.backbone, path, "mscan")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         for a, b in zip(src(x), model.backbone(x)):
             torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match=r"mscan_t\.pth does not fit[\s\S]*shape mismatch"):
-        tiny("segnext_t", "linear", embed_dims=(8, 16, 32, 64)).backbone.load_pretrained(path)
+        load_weights(tiny("segnext_t", "linear", embed_dims=(8, 16, 32, 64)).backbone, path, "mscan")
 
 
 @pytest.mark.parametrize("name", ["segnext_t", "segformer_b0"])

@@ -9,6 +9,7 @@ from torch import nn
 from ssaseg import count_parameters, create_model, list_models
 from ssaseg.backbones.afformer import AFFormer
 from ssaseg.checkpoints import SSA_PARAMETER_NAMES, load_checkpoint
+from ssaseg.weights import load_weights
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -93,10 +94,10 @@ def test_backbone_weights(tmp_path) -> None:
     torch.save({"state_dict": {**state, "cls_head.cls.weight": torch.zeros(1000, 216)}}, path)
     torch.manual_seed(1)
     target = AFFormer()
-    target.load_pretrained(path)
+    load_weights(target, path, "afformer")
     for key, value in target.state_dict().items():
         assert torch.equal(value, state[key]), key
     bad = tmp_path / "wrong.pth"
     torch.save({"stem.0.conv.weight": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="wrong.pth"):
-        target.load_pretrained(bad)
+        load_weights(target, bad, "afformer")

@@ -24,7 +24,7 @@ from ssaseg.backbones.efficientformer_v2 import (
 from ssaseg.checkpoints import SSA_PARAMETER_NAMES, load_checkpoint
 from ssaseg.classifiers import CGRClassifier
 from ssaseg.decoders.cgr import CGRDecoder
-from ssaseg.weights import load_state_dict_checked
+from ssaseg.weights import load_state_dict_checked, load_weights
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -168,7 +168,7 @@ def test_snap_checkpoint(tmp_path) -> None:
     target = EfficientFormerV2(**TINY, resolution=64)
     before = {k: v.clone() for k, v in target.state_dict().items() if k.endswith("attention_biases_seg")}
     assert not any(v.any() for v in before.values())  # constructed as zeros (CGRSeg)
-    target.load_pretrained(path)
+    load_weights(target, path, "efficientformer_v2")
     for key, value in target.state_dict().items():
         if key in before:
             assert torch.equal(value, before[key]), key  # not in ImageNet files: kept

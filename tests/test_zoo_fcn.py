@@ -8,6 +8,7 @@ from ssaseg.backbones.resnet import _STEM_MAP, ResNetV1c, convert_resnet_mmseg
 from ssaseg.checkpoints import convert_official_state_dict
 import ssaseg.zoo.fcn_resnet  # noqa: F401  (registers the "fcn_resnet" checkpoint key rule)
 from ssaseg.models import create_model
+from ssaseg.weights import load_weights
 from test_zoo_upernet import SSA_INFERENCE_ADDON_512, meta_count
 
 
@@ -59,11 +60,11 @@ def test_resnet_mmseg_layout_roundtrip_and_load(tmp_path):
     mmseg["fc.weight"] = torch.zeros(1000, 2048)
     torch.save({"state_dict": mmseg}, tmp_path / "r50_v1c.pth")
     dst = ResNetV1c(50)
-    kept = dst.load_pretrained(tmp_path / "r50_v1c.pth")
+    kept = load_weights(dst, tmp_path / "r50_v1c.pth", "resnet_v1c").kept_initial
     assert kept and all(k.endswith("num_batches_tracked") for k in kept)
     assert torch.equal(dst.bn1.weight, src.bn1.weight) and torch.equal(dst.layer4[2].conv3.weight, src.layer4[2].conv3.weight)
     with pytest.raises(ValueError, match="r50_v1c.pth"):
-        ResNetV1c(101).load_pretrained(tmp_path / "r50_v1c.pth")
+        load_weights(ResNetV1c(101), tmp_path / "r50_v1c.pth", "resnet_v1c")
 
 
 def test_fcn_official_checkpoint_stem_rule():

@@ -12,6 +12,7 @@ from ssaseg.backbones.hrnet import HRNet, checkpoint_filter_fn
 from ssaseg.checkpoints import SSA_PARAMETER_NAMES, load_checkpoint
 from ssaseg.classifiers.losses import cross_entropy_all_pixels
 from ssaseg.decoders.ocr import OCRDecoder, SpatialGatherModule
+from ssaseg.weights import load_weights
 
 K = 19
 
@@ -227,7 +228,7 @@ def test_load_official_hrnet_imagenet_checkpoint(tmp_path) -> None:
     torch.save(state, path)
 
     backbone = HRNet("hrnet_w18_small")
-    backbone.load_pretrained(path)
+    load_weights(backbone, path, "hrnet")
     loaded = backbone.state_dict()
     for key, value in checkpoint_filter_fn(state).items():
         torch.testing.assert_close(loaded[key], value, msg=key)
@@ -237,7 +238,7 @@ def test_load_official_hrnet_imagenet_checkpoint(tmp_path) -> None:
     torch.save(broken, path)
     expected = r"(?s)hrnet_w18_small_imagenet\.pth.*missing stage2\.0\.fuse_layers\.0\.1\.0\.weight"
     with pytest.raises(ValueError, match=expected):
-        HRNet("hrnet_w18_small").load_pretrained(path)
+        load_weights(HRNet("hrnet_w18_small"), path, "hrnet")
 
 
 def test_load_official_ocrnet_checkpoint(tmp_path, w18_ssa: nn.Module) -> None:

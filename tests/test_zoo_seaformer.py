@@ -13,6 +13,7 @@ from ssaseg import count_parameters, create_model, list_models
 from ssaseg.backbones.seaformer import SeaAttention, SeaFormer
 from ssaseg.checkpoints import load_checkpoint
 from ssaseg.decoders.light_head import LightHead
+from ssaseg.weights import load_weights
 
 K = 11
 #: (backbone out_channels, strides, decoder channels) per variant.
@@ -128,7 +129,7 @@ def test_load_classification_checkpoint_prefers_ema(tmp_path) -> None:
         path,
     )
     target = SeaFormer(**TINY)
-    target.load_pretrained(path)
+    load_weights(target, path, "seaformer")
     for key, value in target.state_dict().items():
         torch.testing.assert_close(value, ema[key], msg=key)
 
@@ -136,7 +137,7 @@ def test_load_classification_checkpoint_prefers_ema(tmp_path) -> None:
     torch.save({"state_dict_ema": ema}, path)
     expected = r"(?s)SeaFormer_tiny_cls\.pth.*missing trans1\.transformer_blocks\.0\.attn\.pos_emb_rowq"
     with pytest.raises(ValueError, match=expected):
-        SeaFormer(**TINY).load_pretrained(path)
+        load_weights(SeaFormer(**TINY), path, "seaformer")
 
 
 def test_backbone_key_layout() -> None:

@@ -14,6 +14,7 @@ from ssaseg.checkpoints import convert_official_state_dict
 from ssaseg.decoders.uper import UPerDecoder
 import ssaseg.zoo.upernet_swin  # noqa: F401  (registers the "upernet_swin" checkpoint key rule)
 from ssaseg.models import count_parameters, create_model
+from ssaseg.weights import load_weights
 
 TINY_SWIN = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), channels=32, aux_channels=16)
 SSA_INFERENCE_ADDON_512 = 4 * 512**2 + 12 * 512  # + K*C, spec §2
@@ -145,7 +146,7 @@ def test_swin_pads_non_window_multiples_and_checks_input():
         model(torch.randn(1, 1, 64, 64))
 
 
-def test_swin_load_pretrained_layouts(tmp_path):
+def test_swin_weights_layouts(tmp_path):
     src = SwinTransformer(16, (2, 2, 2, 2), (1, 2, 2, 4), window_size=2)
     mmseg = {f"backbone.{k}": v for k, v in src.state_dict().items()}
     mmseg["backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"] = torch.zeros(4, 4, dtype=torch.long)
@@ -153,11 +154,11 @@ def test_swin_load_pretrained_layouts(tmp_path):
     torch.save({"model": convert_swin_to_official(src.state_dict())}, tmp_path / "ms.pth")
     for name, kept in (("mmseg.pth", []), ("ms.pth", [f"norm{i}.{p}" for i in range(4) for p in ("weight", "bias")])):
         dst = SwinTransformer(16, (2, 2, 2, 2), (1, 2, 2, 4), window_size=2)
-        assert sorted(dst.load_pretrained(tmp_path / name)) == sorted(kept)
+        assert sorted(load_weights(dst, tmp_path / name, "swin").kept_initial) == sorted(kept)
         assert torch.equal(dst.stages[1].downsample.reduction.weight, src.stages[1].downsample.reduction.weight)
     wrong = SwinTransformer(24, (2, 2, 2, 2), (1, 2, 2, 4), window_size=2)
     with pytest.raises(ValueError, match="mmseg.pth"):
-        wrong.load_pretrained(tmp_path / "mmseg.pth")
+        load_weights(wrong, tmp_path / "mmseg.pth", "swin")
 
 
 def test_official_segmentor_checkpoint_loads_with_key_rule():

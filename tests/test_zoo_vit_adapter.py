@@ -10,6 +10,7 @@ import torch
 from ssaseg.backbones.ms_deform_attn import MSDeformAttn, ms_deform_attn_sample
 from ssaseg.backbones.vit_adapter import ViTAdapter, convert_reference_keys
 from ssaseg.models import create_model
+from ssaseg.weights import load_weights
 from test_zoo_upernet import SSA_INFERENCE_ADDON_512, meta_count
 
 TINY = dict(embed_dim=64, depth=4, num_heads=4, deform_num_heads=4, conv_inplane=16, pretrain_size=64,
@@ -106,7 +107,7 @@ def test_vit_adapter_loads_timm_vit_weights(tmp_path):
     )
     torch.save(vit.state_dict(), tmp_path / "vit.pth")
     model = ViTAdapter(**TINY)
-    kept = model.load_pretrained(tmp_path / "vit.pth")
+    kept = load_weights(model, tmp_path / "vit.pth", "vit").kept_initial
     assert "level_embed" in kept and any(k.startswith("interactions.") for k in kept)
     assert not any(k.startswith(("blocks.", "patch_embed.", "pos_embed")) and ".ls" not in k for k in kept)
     assert torch.equal(model.blocks[3].mlp.fc2.weight, vit.blocks[3].mlp.fc2.weight)
@@ -115,7 +116,7 @@ def test_vit_adapter_loads_timm_vit_weights(tmp_path):
     assert "blocks.0.ls1.gamma" in kept and torch.equal(model.blocks[0].ls2.gamma, torch.ones(64))
     other = ViTAdapter(**{**TINY, "pretrain_size": 96})  # pos_embed grid 6x6 vs the file's 4x4
     with pytest.raises(ValueError, match="vit.pth"):
-        other.load_pretrained(tmp_path / "vit.pth")
+        load_weights(other, tmp_path / "vit.pth", "vit")
 
 
 def _reference_block(block: torch.nn.Module, gamma1: torch.Tensor, gamma2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -109,7 +109,10 @@ def create_model(
     if timm_name is not None:
         from .integrations.timm import create_timm_model
 
-        model = create_timm_model(timm_name, num_classes=num_classes, classifier=classifier, **kwargs)
+        # timm reads its own checkpoints: a local file in timm's layout, or True for timm's download.
+        pretrained = kwargs.pop("pretrained", False) if backbone_weights is None else backbone_weights
+        model = create_timm_model(timm_name, num_classes=num_classes, classifier=classifier, pretrained=pretrained,
+                                  **kwargs)
     else:
         model = _ENTRYPOINTS[name](num_classes=num_classes, classifier=classifier, **kwargs)
     # Recorded for load_checkpoint (the architecture's key converter) and for save/load.
@@ -117,7 +120,7 @@ def create_model(
     model.architecture = architecture_of(name)
     model.model_args = dict(kwargs)
     model.classifier_name = classifier
-    if backbone_weights is not None:
+    if backbone_weights is not None and timm_name is None:
         from .pretrained import load_backbone_weights
 
         load_backbone_weights(model, name, backbone_weights)

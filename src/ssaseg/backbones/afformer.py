@@ -31,14 +31,13 @@ repeats shared modules; ``parameters()`` counts them once). All norms are plain
 """
 from __future__ import annotations
 
-import os
 
 import torch
 from timm.layers import DropPath
 from torch import Tensor, nn
 
 from ..layers import ConvModule, init_weights_, map_to_tokens, resize, tokens_to_map
-from ..weights import load_weights, register_converter, strip_prefixes
+from ..weights import register_converter, strip_prefixes
 
 __all__ = ["AFFormer", "checkpoint_filter_fn"]
 
@@ -401,11 +400,6 @@ class AFFormer(nn.Module):
         """The official ``_init_weights`` (used when training without ImageNet weights): the
         shared rules, with BatchNorm reset to 1/0 as LayerNorm."""
         init_weights_(m, norms=(nn.LayerNorm, nn.BatchNorm2d))
-
-    def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "afformer")`` for the
-        zoo entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now)."""
-        load_weights(self, path, "afformer")
 
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.stem(images)

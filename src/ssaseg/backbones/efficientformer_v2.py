@@ -27,7 +27,6 @@ official legacy buffers ``attention_biases`` / ``attention_bias_idxs`` are not c
 from __future__ import annotations
 
 import math
-import os
 import re
 
 import torch
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 
-from ..weights import load_weights, register_converter, strip_prefixes
+from ..weights import register_converter, strip_prefixes
 
 __all__ = [
     "EfficientFormerV2",
@@ -374,11 +373,6 @@ class EfficientFormerV2(nn.Module):
         self.network = nn.ModuleList(network)
         self.out_channels = list(widths)
         self.strides = [4, 8, 16, 32]
-
-    def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "efficientformer_v2")``
-        for the zoo entry points' ``backbone_weights`` (``ssaseg.pretrained`` loads weights now)."""
-        load_weights(self, path, "efficientformer_v2")
 
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.patch_embed(images)

@@ -21,13 +21,12 @@ non-strictly.
 """
 from __future__ import annotations
 
-import os
 
 import torch.nn.functional as F
 from timm.models.hrnet import HighResolutionModule, HighResolutionNetFeatures, cfg_cls
 from torch import Tensor, nn
 
-from ..weights import StateDict, load_weights, register_converter, strip_prefixes
+from ..weights import StateDict, register_converter, strip_prefixes
 
 #: Keys of the ImageNet classification head in official / timm HRNet checkpoints.
 CLASSIFICATION_HEAD_PREFIXES = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
@@ -81,11 +80,6 @@ class HRNet(HighResolutionNetFeatures):
                 module.__class__ = _FuseResizeModule
         self.out_channels: list[int] = [info["num_chs"] for info in self.feature_info.get_dicts()]
         self.strides: list[int] = [info["reduction"] for info in self.feature_info.get_dicts()]
-
-    def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "hrnet")`` for the zoo
-        entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now)."""
-        load_weights(self, path, "hrnet")
 
 
 # Old checkpoints (saved before PyTorch 0.4.1) lack the BatchNorm ``num_batches_tracked`` counters.

@@ -20,7 +20,6 @@ The converter ``"mit"`` (:func:`checkpoint_filter_fn`) accepts all three.
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Sequence
 
@@ -29,7 +28,7 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from ..layers import init_weights_, map_to_tokens, tokens_to_map
-from ..weights import load_weights, register_converter, strip_prefixes
+from ..weights import register_converter, strip_prefixes
 
 
 def _layer_norm(dim: int) -> nn.LayerNorm:
@@ -210,11 +209,6 @@ class MixVisionTransformer(nn.Module):
         (the attention's packed ``in_proj_weight`` keeps PyTorch's xavier init, as in mmseg)."""
         for m in self.modules():
             init_weights_(m)
-
-    def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "mit")`` for the zoo
-        entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now)."""
-        load_weights(self, path, "mit")
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outs = []

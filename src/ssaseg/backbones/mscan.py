@@ -12,7 +12,6 @@ arithmetic is identical). Only the per-stage LayerNorm needs channels-last.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +19,7 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from ..layers import init_weights_
-from ..weights import load_weights, register_converter, strip_prefixes
+from ..weights import register_converter, strip_prefixes
 
 #: Published ImageNet weights of MSCAN are classification checkpoints; their classifier is not
 #: part of the segmentation backbone.
@@ -224,11 +223,6 @@ class MSCAN(nn.Module):
         """mmseg's from-scratch init: trunc-normal Linear, fan-out normal Conv2d, unit LayerNorm."""
         for m in self.modules():
             init_weights_(m)
-
-    def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "mscan")`` for the zoo
-        entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now)."""
-        load_weights(self, path, "mscan")
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outs = []

@@ -12,13 +12,12 @@ names (``stem.{0,1,3,4,6,7}``) are mapped by :func:`convert_resnet_mmseg`.
 """
 from __future__ import annotations
 
-import os
 import re
 
 from timm.models.resnet import Bottleneck, ResNet
 from torch import Tensor, nn
 
-from ..weights import StateDict, load_weights, register_converter, strip_prefixes
+from ..weights import StateDict, register_converter, strip_prefixes
 
 _DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 # mmseg Sequential stem index -> timm module name.
@@ -63,12 +62,6 @@ class ResNetV1c(nn.Module):
             x = layer(x)
             outs.append(x)
         return outs
-
-    def load_pretrained(self, path: str | os.PathLike) -> list[str]:
-        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "resnet_v1c")`` for the
-        zoo entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now);
-        returns the names kept at their initial values."""
-        return load_weights(self, path, "resnet_v1c").kept_initial
 
 
 # Old (pre-0.4.1) checkpoints lack the BN ``num_batches_tracked`` counters.

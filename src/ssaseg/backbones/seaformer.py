@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Sequence
 
 import torch
@@ -22,7 +21,7 @@ from timm.layers import DropPath, make_divisible
 from torch import Tensor, nn
 
 from ..layers import init_weights_
-from ..weights import StateDict, load_weights, register_converter, strip_prefixes
+from ..weights import StateDict, register_converter, strip_prefixes
 
 #: Keys of the ImageNet classifier in the published classification checkpoints.
 CLASSIFICATION_HEAD_PREFIXES = ("linear.",)
@@ -302,11 +301,6 @@ class SeaFormer(nn.Module):
                 x = getattr(self, f"trans{t + 1}")(x)
                 outputs.append(x)
         return outputs
-
-    def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "seaformer")`` for the
-        zoo entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now)."""
-        load_weights(self, path, "seaformer")
 
 
 # Like the original loader, prefer ``state_dict_ema`` over ``state_dict`` / ``model``. The

@@ -20,7 +20,6 @@ maps the Microsoft (and timm >= 0.9) layout onto these names.
 """
 from __future__ import annotations
 
-import os
 import re
 from typing import Sequence
 
@@ -32,7 +31,7 @@ from timm.models.swin_transformer import WindowAttention, window_partition, wind
 from torch import Tensor, nn
 
 from ..layers import init_weights_
-from ..weights import load_weights, register_converter, strip_prefixes
+from ..weights import register_converter, strip_prefixes
 
 StateDict = dict[str, Tensor]
 
@@ -296,12 +295,6 @@ class SwinTransformer(nn.Module):
             if i in self.out_indices:
                 outs.append(getattr(self, f"norm{i}")(out).permute(0, 3, 1, 2).contiguous())
         return outs
-
-    def load_pretrained(self, path: str | os.PathLike) -> list[str]:
-        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "swin")`` for the zoo
-        entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now);
-        returns the names kept at their initial values."""
-        return load_weights(self, path, "swin").kept_initial
 
 
 def _merge_to_unfold(w: Tensor) -> Tensor:

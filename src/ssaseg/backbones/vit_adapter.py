@@ -17,7 +17,6 @@ keep their initial 1, as in the reference (which loads it non-strictly).
 """
 from __future__ import annotations
 
-import os
 import re
 from functools import partial
 from typing import Sequence
@@ -31,7 +30,7 @@ from torch import Tensor, nn
 
 from .ms_deform_attn import MSDeformAttn
 from ..layers import init_weights_, map_to_tokens, tokens_to_map
-from ..weights import StateDict, load_weights, register_converter, strip_prefixes
+from ..weights import StateDict, register_converter, strip_prefixes
 
 _LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 _REFERENCE_LAYER_SCALE = re.compile(r"((?:^|\.)blocks\.\d+\.)gamma([12])$")
@@ -386,12 +385,6 @@ class ViTAdapter(nn.Module):
             c3 = c3 + x3
             c4 = c4 + F.interpolate(x4, scale_factor=0.5, mode="bilinear", align_corners=False)
         return [self.norm1(c1), self.norm2(c2), self.norm3(c3), self.norm4(c4)]
-
-    def load_pretrained(self, path: str | os.PathLike) -> list[str]:
-        """Transitional alias of ``ssaseg.weights.load_weights(self, path, "vit")`` for the zoo
-        entry points' ``backbone_weights`` argument (``ssaseg.pretrained`` loads weights now);
-        returns the names kept at their initial values."""
-        return load_weights(self, path, "vit").kept_initial
 
 # The adapter modules are not in ViT checkpoints: they keep their initial values, and so do the
 # blocks' layer-scale gammas, which the AugReg ViT file lacks (the reference initialises them to 1).

@@ -21,24 +21,19 @@ def build_model(cfg: dict, load_weights: bool = True) -> nn.Module:
     ``load_weights=False`` builds the architecture only (resuming, or loading a trained checkpoint
     right after). Weight-file problems raise :class:`ssaseg.weights.WeightsError` (a user error).
     """
-    from ..checkpoints import load_checkpoint
     from ..models import create_model
-    from ..pretrained import load_backbone_weights
 
     mcfg = cfg["model"]
     kwargs = dict(mcfg["kwargs"])
     if mcfg["classifier_kwargs"]:
         kwargs["classifier_kwargs"] = dict(mcfg["classifier_kwargs"])
+    weights = dict(backbone_weights=mcfg["backbone_weights"], checkpoint=mcfg["checkpoint"]) if load_weights else {}
     try:
-        model = create_model(mcfg["name"], mcfg["num_classes"], classifier=mcfg["classifier"], **kwargs)
+        model = create_model(mcfg["name"], mcfg["num_classes"], classifier=mcfg["classifier"], **weights, **kwargs)
     except KeyError as err:
         raise ConfigError(f"model.name: {err.args[0]}") from None
     except TypeError as err:
         raise ConfigError(f"model.kwargs / model.classifier_kwargs do not fit {mcfg['name']!r}: {err}") from None
-    if load_weights and mcfg["backbone_weights"]:
-        load_backbone_weights(model, mcfg["name"], mcfg["backbone_weights"])
-    if load_weights and mcfg["checkpoint"]:
-        load_checkpoint(model, mcfg["checkpoint"])
     return model
 
 

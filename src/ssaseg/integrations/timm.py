@@ -81,13 +81,6 @@ class TimmBackbone(nn.Module):
             features = [f.permute(0, 3, 1, 2) for f in features]
         return features
 
-    def load_pretrained(self, path: str | os.PathLike) -> None:
-        """Load a local timm checkpoint of this architecture (what ``model.backbone_weights``
-        calls): timm builds the same model from the file with its own key filters, and its
-        weights are copied in."""
-        source = timm.create_model(self.name, features_only=True, **_pretrained_args(path), **self.timm_kwargs)
-        self.body.load_state_dict(source.state_dict())
-
 
 def create_timm_model(
     name: str,
