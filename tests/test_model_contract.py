@@ -57,7 +57,7 @@ TINY: dict[str, dict] = {
 }
 
 #: (model-name prefix, size) -> (exception, why) of an eval forward the architecture cannot run
-#: (as in the reference code: both need sides divisible by 32).
+#: (both are built as their reference implementations are, which need sides divisible by 32).
 #: Marked xfail(strict=True), so a fix shows up as a failing XPASS to update this table.
 KNOWN_FAILURES: dict[tuple[str, tuple[int, int]], tuple[type[Exception], str]] = {
     ("upernet_vit_adapter_", ODD): (ValueError, "ViTAdapter rejects inputs that are not multiples of 32"),
