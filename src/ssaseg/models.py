@@ -79,6 +79,8 @@ def create_model(
     model = _ENTRYPOINTS[name](num_classes=num_classes, classifier=classifier, **kwargs)
     # Recorded so that load_checkpoint can pick the architecture's key converter.
     model.model_name = name
+    model.model_args = dict(kwargs)
+    model.classifier_name = classifier
     if checkpoint is not None:
         from .checkpoints import load_checkpoint
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .hub import PretrainedMixin
+
 
 class AuxHead(nn.Module):
     """An auxiliary head: a decoder and a (linear) classifier with its own loss weight."""
@@ -30,7 +32,7 @@ class AuxHead(nn.Module):
         return self.classifier(feat)
 
 
-class Segmentor(nn.Module):
+class Segmentor(PretrainedMixin, nn.Module):
     """``Segmentor(backbone, decoder, classifier, aux_heads=())``.
 
     Train mode: ``model(images (B,3,H,W), targets (B,H,W) long) -> dict`` of loss terms: the
