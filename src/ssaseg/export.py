@@ -103,7 +103,7 @@ def _check_symbolic(program: torch.export.ExportedProgram, name: str) -> str:
         if vr is None:
             parts.append(axis)
             continue
-        if vr.upper.is_finite:
+        if str(vr.upper) not in ("int_oo", "oo"):  # sympy's unbounded integer / infinity
             raise ExportError(
                 f"the exported graph only accepts an input {axis} in {vr.lower}..{vr.upper}; this model cannot be "
                 "exported with dynamic shapes (add its architecture to ssaseg.export.STATIC_SHAPE_ONLY)"
