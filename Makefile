@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 UV := $(shell command -v uv 2>/dev/null)
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install test test-all test-wheel demo bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Build the wheel, install it alone in a fresh venv, run configs list, demo and an export round
+# trip outside the clone.
+test-wheel: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_packaging.py
 
 demo: $(STAMP)
 	$(VENV)/bin/ssaseg demo

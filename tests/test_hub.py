@@ -197,3 +197,44 @@ def test_convert_training_checkpoint_via_cli(tmp_path, capsys):
     assert config["dataset"] == "demo" and config["model_args"] == {"embed_dims": 8, "depths": [1, 1, 1, 1], "channels": 32}
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(logits(from_pretrained(tmp_path / "out"), x), logits(src, x), rtol=0, atol=0)
+
+
+def test_cli_test_and_predict_read_a_saved_directory(tmp_path, capsys):
+    """`ssaseg test CONFIG DIR` and `ssaseg predict DIR IMAGE` use the saved model; predict takes
+    the classes, palette and test pipeline from config.json."""
+    import numpy as np
+    from PIL import Image
+
+    import _engine_fakes  # noqa: F401  (registers engine_toy)
+    from ssaseg.data.demo import ensure_demo_dataset
+
+    root = ensure_demo_dataset(tmp_path / "cache")
+    for sub, ext in (("images", ".jpg"), ("annotations", ".png")):
+        (root / sub / "mini").mkdir()
+        for f in sorted((root / sub / "validation").glob(f"*{ext}"))[:2]:
+            (root / sub / "mini" / f.name).write_bytes(f.read_bytes())
+    torch.manual_seed(0)
+    model = ssaseg.create_model("engine_toy", 14, classifier="ssa", width=16).eval().deploy()
+    palette = [[i * 10, 0, 0] for i in range(14)]
+    model.save_pretrained(tmp_path / "saved", palette=palette, classes=[f"c{i}" for i in range(14)],
+                          test_pipeline={"scale": [64, 64], "resize_to_multiple": 32,
+                                         "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "model: {name: engine_toy, classifier: ssa, num_classes: 14, kwargs: {width: 16}, sync_bn: false}\n"
+        f"data: {{dataset: demo, root: {tmp_path / 'cache'}, val_split: mini, num_workers: 0,"
+        " test_pipeline: {scale: [64, 64]}}\n"
+    )
+    argv = ["test", str(cfg), str(tmp_path / "saved"), "--work-dir", str(tmp_path / "w"), "--no-progress", "--device", "cpu"]
+    assert run(argv) == 0
+    assert "mIoU" in capsys.readouterr().out
+    ssaseg.create_model("engine_toy", 5, classifier="ssa", width=16).save_pretrained(tmp_path / "five")
+    assert run(argv[:2] + [str(tmp_path / "five")] + argv[3:]) == 2
+    assert "holds a 5-class engine_toy" in capsys.readouterr().err
+
+    image = sorted((root / "images" / "mini").glob("*.jpg"))[0]
+    assert run(["predict", str(tmp_path / "saved"), str(image), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    mask = np.asarray(Image.open(tmp_path / "pred" / f"{image.stem}_mask.png"))
+    assert mask.shape == (128, 128, 3)
+    reds = set(np.unique(mask[..., 0]).tolist())
+    assert reds <= {c[0] for c in palette} and not mask[..., 1:].any()  # the saved palette is used
