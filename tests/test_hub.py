@@ -104,40 +104,94 @@ def test_errors_name_the_problem(tmp_path):
         save_pretrained(model, tmp_path / "nojson")
 
 
-def test_hub_id_uses_huggingface_hub(tmp_path, monkeypatch):
-    """A Hub ID goes through huggingface_hub.hf_hub_download (repo, file, revision); a local
-    directory never does."""
-    import huggingface_hub
+class _HubServer:
+    """A minimal Hugging Face Hub file server on 127.0.0.1 (``/<user>/<repo>/resolve/<rev>/<file>``
+    with the headers huggingface_hub reads), serving one saved-model directory as ``repo``."""
 
-    src = tmp_path / "snapshot"
+    def __init__(self, root, repo: str):
+        import hashlib
+        import http.server
+        import threading
+
+        requests = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _send(self, body: bool) -> None:
+                requests.append(self.path)
+                parts = self.path.split("?")[0].strip("/").split("/")
+                ok = len(parts) == 5 and "/".join(parts[:2]) == repo and parts[2] == "resolve"
+                path = root / parts[-1] if ok else None
+                if path is None or not path.is_file():
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "RepoNotFound")
+                    self.end_headers()
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", "0" * 40)
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def do_HEAD(self) -> None:
+                self._send(False)
+
+            def do_GET(self) -> None:
+                self._send(True)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_hub_id_downloads_caches_and_works_offline(tmp_path):
+    """A Hub ID goes through huggingface_hub (HF_ENDPOINT pointed at a local server): download,
+    then offline from its cache; offline without a cache, or an unknown ID, is a clear error;
+    a local directory never makes a request."""
     model = tiny().eval().deploy()
-    model.save_pretrained(src)
-    calls = []
-
-    def fake_download(repo_id, filename, revision=None, cache_dir=None, **kwargs):
-        calls.append((repo_id, filename, revision))
-        return str(src / filename)
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    loaded = from_pretrained("someone/tiny-segformer", revision="v1")
-    assert calls == [("someone/tiny-segformer", CONFIG_NAME, "v1"), ("someone/tiny-segformer", WEIGHTS_NAME, "v1")]
-    x = torch.randn(1, 3, 64, 64)
-    torch.testing.assert_close(logits(loaded, x), logits(model, x), rtol=0, atol=0)
-    calls.clear()
-    from_pretrained(src)
-    assert calls == []
-
-
-def test_hub_id_offline_is_a_clear_error(tmp_path):
+    model.save_pretrained(tmp_path / "repo")
+    torch.save(logits(model, torch.ones(1, 3, 64, 64)), tmp_path / "expected.pt")
+    server = _HubServer(tmp_path / "repo", "someone/tiny-segformer")
     code = (
-        "import ssaseg, sys\n"
-        "try:\n    ssaseg.from_pretrained('nobody/no-such-model')\n"
-        "except ValueError as err:\n    print(type(err).__name__, err)\n    sys.exit(3)\n"
+        "import sys, torch, ssaseg\n"
+        f"expected = torch.load({str(tmp_path / 'expected.pt')!r})\n"
+        "for source in sys.argv[1:]:\n"
+        "    try:\n        m = ssaseg.from_pretrained(source)\n"
+        "    except ValueError as err:\n        print(type(err).__name__, err)\n        continue\n"
+        "    with torch.no_grad():\n        out = m(torch.ones(1, 3, 64, 64))\n"
+        "    print('close' if torch.allclose(out, expected, rtol=0, atol=1e-5) else 'differs')\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 3, proc.stderr
-    assert "PretrainedError" in proc.stdout and "nobody/no-such-model" in proc.stdout and "offline" in proc.stdout
+
+    def load(*sources: str, offline: bool = False) -> list[str]:
+        env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"),
+               "HF_HUB_OFFLINE": "1" if offline else "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
+        proc = subprocess.run([sys.executable, "-c", code, *sources], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines()
+
+    try:
+        local, hub, unknown = load(str(tmp_path / "repo"), "someone/tiny-segformer", "nobody/no-such-model")
+        assert local == "close" and hub == "close"
+        assert all(r.startswith(("/someone/", "/nobody/")) for r in server.requests)  # none for the directory
+        assert any(
+            r.endswith("/someone/tiny-segformer/resolve/main/model.safetensors") for r in server.requests)
+        assert unknown.startswith("PretrainedError") and "nobody/no-such-model" in unknown and "Hub" in unknown
+        count = len(server.requests)
+        cached, missing = load("someone/tiny-segformer", "nobody/no-such-model", offline=True)
+        assert cached == "close" and len(server.requests) == count  # from the cache, no request
+        assert missing.startswith("PretrainedError") and "offline" in missing
+    finally:
+        server.close()
 
 
 def _official_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:

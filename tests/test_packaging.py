@@ -125,6 +125,7 @@ print("round trip ok")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_wheel_in_a_fresh_venv(tmp_path):
     """The built wheel alone (dependencies borrowed from this environment's site-packages,
     not ssaseg) in a fresh venv, outside the clone: configs list, demo, and the
