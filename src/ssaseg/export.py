@@ -22,14 +22,26 @@ from torch import nn
 __all__ = ["FORMATS", "STATIC_SHAPE_ONLY", "ExportError", "ExportCheck", "ExportResult", "export_model", "dynamic_refusal"]
 
 FORMATS = ("onnx", "torch-export")
-#: Architecture (zoo module, see ``ssaseg.models.architecture_of``) -> why its exported graph
-#: cannot take another input height/width. Every other architecture exports with dynamic H, W.
+_ADAPTIVE_POOL_ONNX = (
+    " pools to 2/3/6 bins with adaptive average pooling, whose ONNX lowering gathers with indices computed "
+    "for the example size (onnxruntime rejects any other size); --format torch-export is dynamic"
+)
+#: Why an exported graph cannot take another input height/width, keyed by architecture (zoo
+#: module, see ``ssaseg.models.architecture_of``) for every format, or by ``"arch:format"`` for
+#: one format. Found by exporting each architecture at a 256x320 example and running the export
+#: at 288x384 (the slow sweep in tests/test_export.py); every other pair exports with dynamic H, W.
 STATIC_SHAPE_ONLY: dict[str, str] = {
     "cgrseg": (
         "EfficientFormerV2 resizes its attention biases only when the token grid differs from the trained "
         "resolution (a branch on the input shape in backbones/efficientformer_v2.py), so the exported graph "
         "holds one side of it: either the fixed grid or every grid but that one"
     ),
+    "upernet_vit_adapter": (
+        "ViT-Adapter's deformable attention builds its offset normaliser with torch.tensor() from the level "
+        "shapes (backbones/ms_deform_attn.py), so torch.export fixes the patch grid (H/16, W/16) to the example's"
+    ),
+    "afformer:onnx": "AFFormer's low-pass filter" + _ADAPTIVE_POOL_ONNX,
+    "upernet_swin:onnx": "UperNet's pyramid pooling" + _ADAPTIVE_POOL_ONNX,
 }
 #: The second input size of a dynamic export's check is the example size plus this.
 _SECOND_SIZE_OFFSET = (32, 64)
@@ -58,12 +70,15 @@ class ExportResult:
     ranges: str = ""
 
 
-def dynamic_refusal(model: nn.Module) -> str | None:
-    """Why ``model`` cannot be exported with dynamic height/width, or None when it can."""
+def dynamic_refusal(model: nn.Module, format: str = "onnx") -> str | None:
+    """Why ``model`` cannot be exported to ``format`` with dynamic height/width, or None when it can."""
     from .models import architecture_of
 
     name = getattr(model, "model_name", None)
-    return STATIC_SHAPE_ONLY.get(architecture_of(name)) if name else None
+    if not name:
+        return None
+    arch = architecture_of(name)
+    return STATIC_SHAPE_ONLY.get(arch) or STATIC_SHAPE_ONLY.get(f"{arch}:{format}")
 
 
 def _deployed_copy(model: nn.Module) -> nn.Module:
@@ -160,7 +175,7 @@ def export_model(
 
     if format not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if dynamic and (reason := dynamic_refusal(model)):
+    if dynamic and (reason := dynamic_refusal(model, format)):
         raise ExportError(f"{model.model_name} cannot be exported with --dynamic: {reason}")
     model = _deployed_copy(model)
     gen = torch.Generator().manual_seed(seed)
