@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 UV := $(shell command -v uv 2>/dev/null)
 
-.PHONY: install test test-all test-parity demo bench compare clean
+.PHONY: install test test-all test-parity test-wheel demo bench compare clean
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ endif
 
 test-parity: $(PARITY_STAMP)
 	SSASEG_PARITY=1 $(PY) -m pytest -q -p no:cacheprovider tests/parity
+
+# Build the wheel, install it alone in a fresh venv, run configs list, demo and an export round
+# trip outside the clone.
+test-wheel: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_packaging.py
 
 demo: $(STAMP)
 	$(VENV)/bin/ssaseg demo

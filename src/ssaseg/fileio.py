@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
-__all__ = ["atomic_write", "current_umask", "TEMP_SUFFIX"]
+__all__ = ["atomic_write", "atomic_write_file", "atomic_write_text", "current_umask", "TEMP_SUFFIX"]
 
 #: Suffix of the temporary files :func:`atomic_write` creates (``.<name>.<random>.tmp``).
 TEMP_SUFFIX = ".tmp"
@@ -64,3 +64,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
     except RuntimeError as err:  # torch.save reports a failed write as "unexpected pos ..."
         raise OSError(f"cannot write {path} (disk full or quota exceeded?): {err}") from err
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """:func:`atomic_write` of a UTF-8 text."""
+    data = text.encode("utf-8")
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_file(path: str | os.PathLike, write_file: Callable[[str], None]) -> None:
+    """:func:`atomic_write` for writers that take a file name instead of a file object
+    (safetensors, ONNX, ``torch.export.save``, ``shutil.copyfile``): ``write_file(temp_path)``
+    fills a temp file beside ``path``, which then replaces ``path`` with the umask's permissions."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _temp_beside(path) as (fh, tmp):
+            fh.close()
+            write_file(tmp)
+            os.chmod(tmp, 0o666 & ~current_umask())  # the writer may have recreated the file
+            os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .classifiers import LinearClassifier, build_classifier
 from .decoders.fcn import FCNDecoder
+from .hub import PretrainedMixin
 
 
 class AuxHead(nn.Module):
@@ -39,7 +40,7 @@ class AuxHead(nn.Module):
         return self.classifier(feat)
 
 
-class Segmentor(nn.Module):
+class Segmentor(PretrainedMixin, nn.Module):
     """``Segmentor(backbone, decoder, classifier, aux_heads=())``.
 
     ``backbone``, ``decoder`` and ``classifier`` satisfy :class:`~ssaseg.contracts.Backbone`,

@@ -17,11 +17,12 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+from ..fileio import atomic_write, atomic_write_text
 
 __all__ = ["RunSummary", "run_compare", "add_compare_command", "DEFAULT_CLASSIFIERS", "DEFAULT_SEEDS"]
 
@@ -45,27 +46,6 @@ class RunSummary:
     step_ms: float  # train_time / iterations, data loading included
     params_train: int
     params_inference: int
-
-
-def _write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _demo_config(classifier: str) -> Path:
@@ -242,7 +222,7 @@ def _plot(runs: list[RunSummary], path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    _write_atomic(path, buffer.getvalue())
+    atomic_write(path, lambda fh: fh.write(buffer.getvalue()))
 
 
 def run_compare(
@@ -290,15 +270,15 @@ def run_compare(
             if summary is None:
                 print(f"compare: {name}, seed {seed} ({cfg['schedule']['max_iters']} iterations)")
                 summary = _train_one(cfg, device, progress)
-                _write_atomic(record, json.dumps({"config": cfg, "summary": asdict(summary)}, indent=2))
+                atomic_write_text(record, json.dumps({"config": cfg, "summary": asdict(summary)}, indent=2))
             else:
                 print(f"compare: {name}, seed {seed}: reusing {record}")
             runs.append(summary)
     assert first_cfg is not None
     report = _report(runs, first_cfg, seeds, time.perf_counter() - start)
-    _write_atomic(out / "results.json", json.dumps([asdict(r) for r in runs], indent=2))
+    atomic_write_text(out / "results.json", json.dumps([asdict(r) for r in runs], indent=2))
     _plot(runs, out / "compare.png")
-    _write_atomic(out / "report.md", report)
+    atomic_write_text(out / "report.md", report)
     print(report.split("## Per-class IoU")[0].rstrip())
     print(f"\nreport: {out / 'report.md'}  plot: {out / 'compare.png'}")
     return runs

@@ -53,7 +53,10 @@ def load_model_for_inference(
     Returns ``(model in eval mode on device, config, meta {"classes", "palette"})``.
     """
     from ..checkpoints import apply_state_dict, read_checkpoint, unwrap_state_dict
+    from ..hub import inference_bundle, is_pretrained_source
 
+    if is_pretrained_source(checkpoint):  # a save_pretrained directory or a Hub ID
+        return inference_bundle(checkpoint, cfg, device)
     path = Path(checkpoint)
     ckpt = read_checkpoint(path)
     if cfg is None:
@@ -194,11 +197,12 @@ def predict_files(
 
     from ..data import load_image
     from ..data.transforms import TestPipeline
+    from ..hub import is_pretrained_source
 
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"--opacity must be in [0, 1], got {opacity}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if not Path(checkpoint).is_file():
+    if not Path(checkpoint).is_file() and not is_pretrained_source(checkpoint):
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     out = Path(out_dir)
     files, common = _expand_inputs(inputs, out)

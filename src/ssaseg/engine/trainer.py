@@ -443,8 +443,13 @@ def test(
         cfg = {**cfg, "evaluation": {**cfg["evaluation"], "scales": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75], "flip": True}}
     if dataset is None:
         _, dataset = build_datasets(cfg, train=False, val=True)
-    model = build_model(cfg, load_weights=False)
-    load_checkpoint(model, checkpoint)
+    from ..hub import is_pretrained_source, load_for_config
+
+    if is_pretrained_source(checkpoint):  # a save_pretrained directory or a Hub ID
+        model = load_for_config(cfg, checkpoint)
+    else:
+        model = build_model(cfg, load_weights=False)
+        load_checkpoint(model, checkpoint)
     check_finite_weights(model.state_dict(), checkpoint)
     model.deploy()
     model.to(dist_info.device)
