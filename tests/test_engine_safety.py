@@ -151,7 +151,7 @@ def test_resume_model_mismatch_names_the_checkpoint_file(tmp_path):
     ckpt = load_training_checkpoint(res.checkpoint)
     ckpt["model"].pop(next(iter(ckpt["model"])))
     torch.save(ckpt, res.checkpoint)
-    with pytest.raises(ValueError, match=r"checkpoint .*iter_2.pth does not fit"):
+    with pytest.raises(ValueError, match=r"iter_2\.pth does not fit"):
         _run(cfg, resume=str(res.checkpoint))
 
 

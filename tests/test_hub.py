@@ -288,7 +288,9 @@ def test_cli_test_and_predict_read_a_saved_directory(tmp_path, capsys):
 
     image = sorted((root / "images" / "mini").glob("*.jpg"))[0]
     assert run(["predict", str(tmp_path / "saved"), str(image), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
-    mask = np.asarray(Image.open(tmp_path / "pred" / f"{image.stem}_mask.png"))
-    assert mask.shape == (128, 128, 3)
-    reds = set(np.unique(mask[..., 0]).tolist())
-    assert reds <= {c[0] for c in palette} and not mask[..., 1:].any()  # the saved palette is used
+    png = Image.open(tmp_path / "pred" / f"{image.stem}_mask.png")
+    mask = np.asarray(png)  # class ids; the PNG's palette colours them
+    assert png.mode == "P" and mask.shape == (128, 128)
+    assert set(np.unique(mask).tolist()) <= set(range(len(palette)))
+    flat = png.getpalette()[: 3 * len(palette)]
+    assert [flat[i : i + 3] for i in range(0, len(flat), 3)] == [list(c) for c in palette]  # the saved palette is used

@@ -26,17 +26,18 @@ _EXPORTS = {
     "list_models": "models",
     "register_model": "models",
     "from_pretrained": "hub",
-    "save_pretrained": "hub",
+    "save_pretrained": "model_format",
 }
 __all__ = sorted(_EXPORTS)
 _SUBMODULES = (
     "backbones", "checkpoints", "classifiers", "cli", "complexity", "config", "config_catalog", "data",
-    "decoders", "engine", "export", "hub", "layers", "models", "segmentor", "zoo",
+    "decoders", "engine", "export", "hub", "layers", "model_format", "models", "segmentor", "zoo",
 )
 
 if TYPE_CHECKING:
     from .classifiers import LinearClassifier, SSAClassifier, build_classifier
-    from .hub import from_pretrained, save_pretrained
+    from .hub import from_pretrained
+    from .model_format import save_pretrained
     from .models import count_parameters, create_model, list_models, register_model
     from .segmentor import AuxHead, Segmentor
 

@@ -101,6 +101,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .engine.compare import run_compare
+
+    chosen = {k: v for k, v in (("seeds", args.seeds), ("classifiers", args.classifiers)) if v is not None}
+    run_compare(args.out, iters=args.iters, device=args.device, progress=not args.no_progress, **chosen)
+    return 0
+
+
 def _config_path(name_or_path: str):
     """A config file: the path itself when it exists, else the packaged config of that name."""
     from .config_catalog import resolve_config
@@ -288,9 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the comparison with the eager model")
     p.set_defaults(func=_cmd_export)
 
-    from .engine.compare import add_compare_command
-
-    add_compare_command(sub)
+    p = sub.add_parser("compare", help="linear vs CAC vs SSA on the demo data over several seeds (mean ± std, plot, report)")
+    p.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
+    p.add_argument("--seeds", type=int, nargs="+", help="train.seed of the runs (default 0 1 2)")
+    p.add_argument("--classifiers", nargs="+", metavar="NAME", help="classifiers to compare (default linear cac ssa)")
+    p.add_argument("--iters", type=int, help="training iterations of every run (default: the demo config's)")
+    _add_device(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_compare)
 
     _delegated(sub, "prepare", "convert / check a dataset (see ssaseg prepare -h)", _cmd_prepare)
     _delegated(sub, "benchmark", "parameters, FLOPs and latency of a model (see ssaseg benchmark -h)", _cmd_benchmark)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .classifiers import LinearClassifier, build_classifier
 from .decoders.fcn import FCNDecoder
-from .hub import PretrainedMixin
+from .model_format import PretrainedMixin
 
 
 class AuxHead(nn.Module):

@@ -7,6 +7,8 @@ of stray whitespace (mmseg spells ADE20K's class 7 ``'bed '``). Palettes are RGB
 """
 from __future__ import annotations
 
+from typing import Any
+
 # Normalisation of every mmseg config (ImageNet statistics, RGB, 0..255 scale).
 IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
@@ -163,3 +165,17 @@ PASCAL_CONTEXT59_IDS: tuple[int, ...] = (
     324, 326, 347, 349, 354, 355, 360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454,
     458,
 )
+
+
+def class_meta(dataset: Any, num_classes: int) -> dict[str, Any]:
+    """``{"classes": [...], "palette": [[r, g, b], ...]}`` for checkpoints, saved models and
+    predictions: the dataset's own names and palette, else ``"0".."K-1"`` and a fixed random palette."""
+    import torch  # here, so that the config package can import this module without torch
+
+    classes = list(getattr(dataset, "classes", None) or [str(i) for i in range(num_classes)])
+    palette = getattr(dataset, "palette", None)
+    if palette is None:
+        gen = torch.Generator().manual_seed(0)
+        palette = torch.randint(0, 256, (num_classes, 3), generator=gen)
+    palette = torch.as_tensor(palette).to(torch.int64).tolist()
+    return {"classes": classes, "palette": palette}

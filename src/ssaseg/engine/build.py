@@ -9,7 +9,7 @@ from torch import nn
 
 from ..config import ConfigError
 
-__all__ = ["build_model", "build_datasets", "resolve_amp", "autocast", "class_meta"]
+__all__ = ["build_model", "build_datasets", "resolve_amp", "autocast"]
 
 
 def build_model(cfg: dict, load_weights: bool = True) -> nn.Module:
@@ -51,17 +51,6 @@ def build_datasets(cfg: dict, train: bool = True, val: bool = True) -> tuple[Any
                 f"model.num_classes is {k} but dataset {dcfg['dataset']!r} has {len(ds.classes)} classes"
             )
     return train_ds, val_ds
-
-
-def class_meta(dataset: Any, num_classes: int) -> dict[str, Any]:
-    """``{"classes": [...], "palette": [[r, g, b], ...]}`` for checkpoints and predictions."""
-    classes = list(getattr(dataset, "classes", None) or [str(i) for i in range(num_classes)])
-    palette = getattr(dataset, "palette", None)
-    if palette is None:
-        gen = torch.Generator().manual_seed(0)
-        palette = torch.randint(0, 256, (num_classes, 3), generator=gen)
-    palette = torch.as_tensor(palette).to(torch.int64).tolist()
-    return {"classes": classes, "palette": palette}
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:

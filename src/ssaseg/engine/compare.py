@@ -12,7 +12,6 @@ interrupted comparison continues where it stopped.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -24,7 +23,7 @@ from typing import Any, Sequence
 
 from ..fileio import atomic_write, atomic_write_text
 
-__all__ = ["RunSummary", "run_compare", "add_compare_command", "DEFAULT_CLASSIFIERS", "DEFAULT_SEEDS"]
+__all__ = ["RunSummary", "run_compare", "DEFAULT_CLASSIFIERS", "DEFAULT_SEEDS"]
 
 DEFAULT_CLASSIFIERS = ("linear", "cac", "ssa")
 DEFAULT_SEEDS = (0, 1, 2)
@@ -282,25 +281,3 @@ def run_compare(
     print(report.split("## Per-class IoU")[0].rstrip())
     print(f"\nreport: {out / 'report.md'}  plot: {out / 'compare.png'}")
     return runs
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    run_compare(args.out, args.seeds, args.classifiers, args.iters, args.device, progress=not args.no_progress)
-    return 0
-
-
-def add_compare_command(subparsers: Any) -> None:
-    """Register ``ssaseg compare`` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "compare", help="linear vs CAC vs SSA on the demo data over several seeds (mean ± std, plot, report)"
-    )
-    p.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="train.seed of the runs (default 0 1 2)")
-    p.add_argument(
-        "--classifiers", nargs="+", default=list(DEFAULT_CLASSIFIERS), metavar="NAME",
-        help="classifiers to compare (default linear cac ssa)",
-    )
-    p.add_argument("--iters", type=int, default=None, help="training iterations of every run (default: the demo config's)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_compare)

@@ -27,7 +27,8 @@ import torch
 
 from ..config import ConfigError, validate_config
 from ..data.meta import IMAGE_SUFFIXES
-from .build import build_model, class_meta
+from ..data.meta import class_meta
+from .build import build_model
 from .inference import predict_labels_tiled
 from .state import check_finite_weights
 

@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, Subset
 
 from ..checkpoints import load_state_dict_checked
 from ..config import dump_config
-from .build import autocast, build_datasets, build_model, class_meta, resolve_amp
+from ..data.meta import class_meta
+from .build import autocast, build_datasets, build_model, resolve_amp
 from .inference import predict_labels
 from .loader import build_train_loader, shard_indices
 from .logger import RunLogger, format_metrics_table, json_safe
