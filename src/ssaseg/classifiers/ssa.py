@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .boundary import boundary_mask
-from .losses import reduce_cross_entropy, upsampled_pixel_stats
+from .losses import check_target, reduce_cross_entropy, upsampled_stats
 from .ssa_losses import dice_loss, response_distillation, semantic_distillation, spatial_distillation
 
 #: Weights of the loss terms (spec §5 step 13, §6.6, §6.7).
@@ -207,6 +207,20 @@ class SSAClassifier(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, feat: Tensor, target: Tensor | None = None):
+        if self.conv_seg.weight.dtype in (torch.float16, torch.bfloat16):
+            # model.half() / .to(bfloat16): run the SSA maths on fp32 copies of the parameters
+            # (spec Q5: the ε's and the squared norms do not fit fp16); logits in the model's dtype.
+            params = {name: p.float() for name, p in self.named_parameters()}
+            logits_and_losses = torch.func.functional_call(self, params, (feat.float(), target))
+            if self.training:
+                return logits_and_losses[0].to(self.conv_seg.weight.dtype), logits_and_losses[1]
+            return logits_and_losses.to(self.conv_seg.weight.dtype)
+        if self.training:
+            if target is None:
+                raise ValueError("SSAClassifier in train mode needs target (B, H, W); call .eval() for inference")
+            if target.dim() != 3:
+                raise ValueError(f"target must be (B, H, W) long, got shape {tuple(target.shape)}")
+            check_target(target, self.num_classes, self.ignore_index)
         # SSA maths in full precision even under autocast (spec Q5).
         guard = torch.autocast(feat.device.type, enabled=False) if torch.is_autocast_enabled(feat.device.type) else nullcontext()
         with guard:
@@ -215,10 +229,6 @@ class SSAClassifier(nn.Module):
             logits, semantic_proto, spatial_proto, feat_pos = self.student(feat, coarse)
             if not self.training:
                 return logits
-            if target is None:
-                raise ValueError("SSAClassifier in train mode needs target (B, H, W); call .eval() for inference")
-            if target.dim() != 3:
-                raise ValueError(f"target must be (B, H, W) long, got shape {tuple(target.shape)}")
             losses = self._losses(feat, feat_pos, coarse, logits, semantic_proto, spatial_proto, target.long())
         return logits, losses
 
@@ -237,12 +247,14 @@ class SSAClassifier(nn.Module):
         teacher_logits, teacher_semantic, teacher_spatial = self.teacher(feat, feat_pos, small)
         boundary = boundary_mask(small, self.border, self.dilation)
 
-        def stats(x: Tensor, with_prob_sum: bool):
-            return upsampled_pixel_stats(
-                x, target, self.ignore_index, self.loss_align_corners, with_prob_sum, self.dice_mask_ignore
+        def stats(x: Tensor, with_prob_sum: bool, bound: float | None):
+            return upsampled_stats(
+                x, target, self.ignore_index, self.loss_align_corners, with_prob_sum, self.dice_mask_ignore, bound
             )
 
-        student, teacher, coarse_stats = stats(logits, True), stats(teacher_logits, True), stats(coarse, False)
+        # Student and teacher logits are τ-scaled cosines, so |logits| <= |τ|.
+        student, teacher = stats(logits, True, self.tau), stats(teacher_logits, True, self.tau)
+        coarse_stats = stats(coarse, False, None)
         raw = {
             "ce": reduce_cross_entropy(student, all_pixels=self.main_ce_all_pixels),
             "ce_coarse": reduce_cross_entropy(coarse_stats, all_pixels=False),
