@@ -9,8 +9,8 @@ needs them is a sum over pixels, so the losses only need:
 * the upsampled logit of each pixel's own class (B, H, W), which is a 4-corner gather.
 
 Bilinear upsampling is separable with two non-zeros per output row and column. The columns are
-upsampled once to ``(B, h, W, K)`` (classes last, so the reductions over K are contiguous); then,
-band by band over the label rows, a band's logits are formed by a tiny (rows x 2..3) matmul, and
+upsampled once to ``(h, B, W, K)`` (classes last, so the reductions over K are contiguous); then,
+band by band over the label rows, a band's logits are formed by a thin (rows x 2..3) matmul, and
 the log-sum-exp, the sigmoid sums *and their gradients* are computed while the band is in
 cache. The gradients are scattered back to low-resolution rows at once, so the backward is one
 multiply-add of two low-resolution tensors: nothing is recomputed and autograd saves only
@@ -28,9 +28,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 #: Elements (rows x B x W x K) per band: ~1 MB in fp32 fits the per-core L2 cache on CPU; on a
-#: GPU a band is the whole map unless that exceeds 2^26 elements.
+#: GPU 2^24 elements (64 MB in fp32) keep the launches few and the buffers small.
 _BAND_ELEMENTS = {"cpu": 1 << 18}
-_DEFAULT_BAND_ELEMENTS = 1 << 26
+_DEFAULT_BAND_ELEMENTS = 1 << 24
 #: Below this bound on |logits|, exp() needs no max shift in fp32 (e^60 · K stays far from
 #: overflow, e^-60 far from underflow), which saves a max and a subtraction per element.
 _SHIFT_FREE_BOUND = 60.0
@@ -154,8 +154,11 @@ class _UpsampledSums(torch.autograd.Function):
         batch, classes, h, _ = logits.shape
         big_w = plan.cols.shape[0]
         need_grad = ctx.needs_input_grad[0]
-        # Columns once: (B,h,w,K) -> (B,h,W,K), classes contiguous.
-        columns = torch.matmul(plan.cols, logits.permute(0, 2, 3, 1)).reshape(batch, h, big_w * classes)
+        # Columns once, label rows outermost and classes contiguous: (h,B,w,K) -> (h,B,W,K), so
+        # a band of rows is one 2-D matmul and its gradient one 2-D addmm into a contiguous slice.
+        columns = torch.matmul(plan.cols, logits.permute(2, 0, 3, 1)).reshape(h, batch * big_w * classes)
+        row_weight = pixel_weight.transpose(0, 1)  # (H,B,W)
+        row_mask = sigmoid_mask.transpose(0, 1) if sigmoid_mask is not None else None
         lse_sum = logits.new_zeros(batch)
         prob_sum = logits.new_zeros(batch, classes)
         grad_lse = torch.zeros_like(columns) if need_grad else None
@@ -164,40 +167,44 @@ class _UpsampledSums(torch.autograd.Function):
         for start, end, lo, hi in plan.bands:
             rows = end - start
             if rows not in buffers:  # reused across bands: fresh allocations cost page faults on CPU
-                buffers[rows] = (columns.new_empty(batch, rows, big_w * classes), columns.new_empty(batch, rows, big_w * classes))
+                buffers[rows] = (columns.new_empty(rows, columns.shape[1]), columns.new_empty(rows, columns.shape[1]))
             up, sig = buffers[rows]
             band_rows = plan.rows[start:end, lo:hi]
-            torch.matmul(band_rows, columns[:, lo:hi], out=up)
-            up4 = up.view(batch, rows, big_w, classes)
-            weight = pixel_weight[:, start:end, :, None]
-            if with_sigmoid:
+            torch.mm(band_rows, columns[lo:hi], out=up)
+            up4 = up.view(rows, batch, big_w, classes)
+            sig4 = sig.view(rows, batch, big_w, classes)
+            weight = row_weight[start:end, :, :, None]
+            if with_sigmoid and not shift_free:
                 torch.sigmoid(up, out=sig)
-                sig4 = sig.view(batch, rows, big_w, classes)
-                if sigmoid_mask is not None:
-                    sig4.mul_(sigmoid_mask[:, start:end, :, None])
-                prob_sum += sig4.sum((1, 2))
-                if need_grad:  # d sigmoid = s(1-s); masked pixels stay 0
-                    sig.addcmul_(sig, sig, value=-1.0)
-                    grad_prob[:, lo:hi].baddbmm_(band_rows.t().expand(batch, -1, -1), sig)
-            if shift_free:
+            if shift_free:  # |up| <= 60: exp(up) neither overflows nor underflows in fp32
                 up.exp_()
                 total = up4.sum(-1, keepdim=True)
                 lse = total.log()
+                if with_sigmoid:  # sigmoid = e / (1 + e), cheaper than torch.sigmoid on CPU
+                    torch.add(up, 1.0, out=sig)
+                    torch.div(up, sig, out=sig)
             else:
                 peak = up4.amax(-1, keepdim=True)
                 up4.sub_(peak)
                 up.exp_()
                 total = up4.sum(-1, keepdim=True)
                 lse = total.log().add_(peak)
-            lse_sum += (lse * weight).sum((1, 2, 3))
+            lse_sum += (lse * weight).sum((0, 2, 3))
+            if with_sigmoid:
+                if row_mask is not None:
+                    sig4.mul_(row_mask[start:end, :, :, None])
+                prob_sum += sig4.sum((0, 2))
+                if need_grad:  # d sigmoid = s(1-s); masked pixels stay 0
+                    sig.addcmul_(sig, sig, value=-1.0)
+                    grad_prob[lo:hi].addmm_(band_rows.t(), sig)
             if need_grad:  # d lse = softmax
                 up4.mul_(weight / total)
-                grad_lse[:, lo:hi].baddbmm_(band_rows.t().expand(batch, -1, -1), up)
+                grad_lse[lo:hi].addmm_(band_rows.t(), up)
         if need_grad:
-            # Column transpose once: (B,h,W,K) -> (B,h,w,K) -> (B,K,h,w).
+            # Column transpose once: (h,B,W,K) -> (h,B,w,K) -> (B,K,h,w).
             def to_logits(grad: Tensor) -> Tensor:
-                low = torch.matmul(plan.cols.t(), grad.view(batch, h, big_w, classes))
-                return low.permute(0, 3, 1, 2).contiguous()
+                low = torch.matmul(plan.cols.t(), grad.view(h, batch, big_w, classes))
+                return low.permute(1, 3, 0, 2).contiguous()
 
             ctx.save_for_backward(to_logits(grad_lse), to_logits(grad_prob) if with_sigmoid else None)
         return lse_sum, prob_sum if with_sigmoid else logits.new_zeros(0)
