@@ -159,12 +159,12 @@ class _UpsampledSums(torch.autograd.Function):
         columns = torch.matmul(plan.cols, logits.permute(2, 0, 3, 1)).reshape(h, batch * big_w * classes)
         row_weight = pixel_weight.transpose(0, 1)  # (H,B,W)
         row_mask = sigmoid_mask.transpose(0, 1) if sigmoid_mask is not None else None
-        lse_sum = logits.new_zeros(batch)
-        prob_sum = logits.new_zeros(batch, classes)
+        lse = logits.new_empty(pixel_weight.shape[1], batch, big_w, 1)  # per-pixel log-sum-exp (H,B,W,1)
+        band_prob_sums = logits.new_empty(len(plan.bands), batch, classes) if with_sigmoid else None
         grad_lse = torch.zeros_like(columns) if need_grad else None
         grad_prob = torch.zeros_like(columns) if need_grad and with_sigmoid else None
         buffers: dict[int, tuple[Tensor, Tensor]] = {}
-        for start, end, lo, hi in plan.bands:
+        for band, (start, end, lo, hi) in enumerate(plan.bands):
             rows = end - start
             if rows not in buffers:  # reused across bands: fresh allocations cost page faults on CPU
                 buffers[rows] = (columns.new_empty(rows, columns.shape[1]), columns.new_empty(rows, columns.shape[1]))
@@ -179,7 +179,7 @@ class _UpsampledSums(torch.autograd.Function):
             if shift_free:  # |up| <= 60: exp(up) neither overflows nor underflows in fp32
                 up.exp_()
                 total = up4.sum(-1, keepdim=True)
-                lse = total.log()
+                torch.log(total, out=lse[start:end])
                 if with_sigmoid:  # sigmoid = e / (1 + e), cheaper than torch.sigmoid on CPU
                     torch.add(up, 1.0, out=sig)
                     torch.div(up, sig, out=sig)
@@ -188,12 +188,11 @@ class _UpsampledSums(torch.autograd.Function):
                 up4.sub_(peak)
                 up.exp_()
                 total = up4.sum(-1, keepdim=True)
-                lse = total.log().add_(peak)
-            lse_sum += (lse * weight).sum((0, 2, 3))
+                torch.log(total, out=lse[start:end]).add_(peak)
             if with_sigmoid:
                 if row_mask is not None:
                     sig4.mul_(row_mask[start:end, :, :, None])
-                prob_sum += sig4.sum((0, 2))
+                torch.sum(sig4, (0, 2), out=band_prob_sums[band])
                 if need_grad:  # d sigmoid = s(1-s); masked pixels stay 0
                     sig.addcmul_(sig, sig, value=-1.0)
                     grad_prob[lo:hi].addmm_(band_rows.t(), sig)
@@ -207,7 +206,8 @@ class _UpsampledSums(torch.autograd.Function):
                 return low.permute(1, 3, 0, 2).contiguous()
 
             ctx.save_for_backward(to_logits(grad_lse), to_logits(grad_prob) if with_sigmoid else None)
-        return lse_sum, prob_sum if with_sigmoid else logits.new_zeros(0)
+        lse_sum = (lse[..., 0] * row_weight).sum((0, 2))
+        return lse_sum, band_prob_sums.sum(0) if with_sigmoid else logits.new_zeros(0)
 
     @staticmethod
     @once_differentiable
