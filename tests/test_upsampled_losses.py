@@ -126,3 +126,15 @@ def test_out_of_range_labels_are_rejected_with_value_and_k(value):
     target[0, 1, 2] = 2
     check_target(target, 3, 255)
     check_target(target.to(torch.uint8), 3, 255)
+
+
+def test_autocast_does_not_lower_the_loss_precision():
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(1, 4, 3, 3, generator=gen, requires_grad=True)
+    target = torch.randint(0, 4, (1, 12, 12), generator=gen)
+    want = upsampled_stats(logits, target, with_prob_sum=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = upsampled_stats(logits, target, with_prob_sum=True)
+    for a, b in zip(got[:3], want[:3]):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

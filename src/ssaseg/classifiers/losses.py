@@ -126,15 +126,14 @@ def upsampled_own_logit(logits: Tensor, index: Tensor, plan: BilinearPlan) -> Te
 
     logits (B,K,h,w), index (B,H,W) long in [0, K) -> (B,H,W).
     """
-    batch = logits.shape[0]
-    image = torch.arange(batch, device=logits.device)[:, None, None]
-    cls = index
+    image = torch.arange(logits.shape[0], device=logits.device)[:, None, None]
     out = None
-    for a in range(2):
-        row = plan.row_index[a][None, :, None]
-        row_w = plan.row_weight[a][None, :, None]
-        for b in range(2):
-            term = logits[image, cls, row, plan.col_index[b][None, None, :]] * (row_w * plan.col_weight[b][None, None, :])
+    for row_tap in range(2):
+        row = plan.row_index[row_tap][None, :, None]
+        row_weight = plan.row_weight[row_tap][None, :, None]
+        for col_tap in range(2):
+            col = plan.col_index[col_tap][None, None, :]
+            term = logits[image, index, row, col] * (row_weight * plan.col_weight[col_tap][None, None, :])
             out = term if out is None else out + term
     return out
 
@@ -276,8 +275,9 @@ def upsampled_stats(
     pixel_weight = valid.to(logits.dtype)
     sigmoid_mask = pixel_weight if mask_ignore else None
     shift_free = logit_bound is not None and abs(logit_bound) <= _SHIFT_FREE_BOUND
-    lse_sum, prob_sum = _UpsampledSums.apply(logits, plan, pixel_weight, with_prob_sum, sigmoid_mask, shift_free)
-    own = upsampled_own_logit(logits, index, plan)
+    with torch.autocast(logits.device.type, enabled=False):  # the logits' precision, not autocast's
+        lse_sum, prob_sum = _UpsampledSums.apply(logits, plan, pixel_weight, with_prob_sum, sigmoid_mask, shift_free)
+        own = upsampled_own_logit(logits, index, plan)
     return UpsampledStats(lse_sum, own, prob_sum, valid)
 
 

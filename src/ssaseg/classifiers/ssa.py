@@ -30,7 +30,7 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
 _TEACHER_MODULES = ("teacher_semantic_proj", "teacher_spatial_proj", "teacher_center_proj")
 
 
-def _prototype_mlp(channels: int) -> nn.Sequential:
+def prototype_mlp(channels: int) -> nn.Sequential:
     """φ: Linear(2C -> C/2, no bias) -> ReLU -> Linear(C/2 -> C)."""
     return nn.Sequential(
         nn.Linear(2 * channels, channels // 2, bias=False), nn.ReLU(inplace=True), nn.Linear(channels // 2, channels)
@@ -42,6 +42,16 @@ def l2_norm(x: Tensor, dim: int) -> Tensor:
     strided channel axis on CPU; the clamp keeps the gradient of an all-zero vector at 0 (as
     ``vector_norm`` defines it) instead of NaN, and is far below the ε added to every norm."""
     return x.pow(2).sum(dim, keepdim=True).clamp_min(1e-30).sqrt()
+
+
+def cosine_logits(pixels: Tensor, centers: Tensor, tau: float, eps: float) -> Tensor:
+    """τ·cos: pixels X (B,C,N), centers Z (B,K,C) or (K,C) -> (B,K,N).
+
+    Equal to τ · (Z/(‖Z‖+ε)) @ (X/(‖X‖+ε)), but the pixel norms divide the (B,K,N) product
+    instead of the larger (B,C,N) input, and τ is folded into the (B,K,C) centers. |result| <= |τ|.
+    """
+    z = centers * (tau / (l2_norm(centers, dim=-1) + eps))
+    return (z @ pixels) / (l2_norm(pixels, dim=1) + eps)
 
 
 def _full_precision(x: Tensor) -> Tensor:
@@ -127,24 +137,15 @@ class SSAClassifier(nn.Module):
         # The remaining modules keep PyTorch's default init: it is part of the recipe (Q26).
         self.position_encoder = nn.Conv2d(c, c, kernel_size=3, padding=1, groups=c)
         self.class_position = nn.Embedding(num_classes, c)
-        self.semantic_proj = _prototype_mlp(c)
-        self.spatial_proj = _prototype_mlp(c)
+        self.semantic_proj = prototype_mlp(c)
+        self.spatial_proj = prototype_mlp(c)
         self.center_proj = nn.Linear(c, c, bias=False)
-        self.teacher_semantic_proj = _prototype_mlp(c)
-        self.teacher_spatial_proj = _prototype_mlp(c)
+        self.teacher_semantic_proj = prototype_mlp(c)
+        self.teacher_spatial_proj = prototype_mlp(c)
         self.teacher_center_proj = nn.Linear(c, c, bias=False)
         self.has_teacher = True
 
     # ------------------------------------------------------------------ building blocks
-    def _cosine_logits(self, pixels: Tensor, centers: Tensor) -> Tensor:
-        """τ·cos: pixels X (B,C,N), centers Z (B,K,C) -> (B,K,N).
-
-        Equal to τ · (Z/(‖Z‖+ε)) @ (X/(‖X‖+ε)), but the pixel norms divide the (B,K,N) product
-        instead of the larger (B,C,N) input, and τ is folded into the (B,K,C) centers.
-        """
-        z = centers * (self.tau / (l2_norm(centers, dim=-1) + self.eps))
-        return (z @ pixels) / (l2_norm(pixels, dim=1) + self.eps)
-
     def student(self, feat: Tensor, coarse: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """SEPA + SPPA (spec §3).
 
@@ -168,7 +169,7 @@ class SSAClassifier(nn.Module):
         prototypes = self.conv_seg.weight.flatten(1).expand(batch, -1, -1)
         semantic_proto = self.semantic_proj(torch.cat([semantic_center, prototypes], dim=-1))
         centers = self.center_proj(semantic_proto + spatial_proto)
-        logits = self._cosine_logits(feat_flat + feat_pos, centers).unflatten(-1, (h, w))
+        logits = cosine_logits(feat_flat + feat_pos, centers, self.tau, self.eps).unflatten(-1, (h, w))
         return logits, semantic_proto, spatial_proto, feat_pos
 
     def teacher(self, feat: Tensor, feat_pos: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -202,7 +203,7 @@ class SSAClassifier(nn.Module):
         )
         spatial_proto = self.teacher_spatial_proj(torch.cat([spatial_center, class_pos.expand(batch, -1, -1)], dim=-1))
         centers = self.teacher_center_proj(semantic_proto + spatial_proto)
-        logits = self._cosine_logits(feat_flat + feat_pos, centers).unflatten(-1, (h, w))
+        logits = cosine_logits(feat_flat + feat_pos, centers, self.tau, self.eps).unflatten(-1, (h, w))
         return logits, semantic_proto, spatial_proto
 
     # ------------------------------------------------------------------ forward
