@@ -119,36 +119,33 @@ def main() -> None:
         memory_only(args, device)
         return
 
-    peaks = {} if args.skip_memory else {name: peak_memory(args, name) for name in CLASSIFIERS}
-    built = {name: build(args.model, name, args.classes, device) for name in CLASSIFIERS}
-    images, labels = make_batch(args.batch, args.size, args.classes, device)
-    image = images[:1]
-    times: dict[tuple[str, str], list[float]] = {}
-    phases = {
-        "train step": lambda name: train_step(*built[name], images, labels),
-        "inference": lambda name: infer(built[name][0], image),
-    }
-    for phase, run in phases.items():
-        for _ in range(args.warmup):
-            for name in CLASSIFIERS:
-                run(name)
-        for _ in range(args.runs):
-            for name in CLASSIFIERS:  # interleaved, so machine noise hits both alike
-                times.setdefault((phase, name), []).append(timed(lambda: run(name), device))
-
     print(
         f"{args.model}: {args.size}x{args.size}, train batch {args.batch}, K={args.classes}, device={device}, "
         f"threads={torch.get_num_threads()}, torch {torch.__version__}, median of {args.runs} interleaved runs"
     )
     print(f"| {'':<22}| {'linear':>10} | {'SSA':>10} | {'SSA / linear':>12} |")
-    print(f"|{'-' * 23}|{'-' * 12}|{'-' * 12}|{'-' * 14}|")
-    for phase in phases:
-        lin, ssa = (statistics.median(times[(phase, n)]) * 1e3 for n in CLASSIFIERS)
-        print(f"| {phase + ' (ms)':<22}| {lin:>10.0f} | {ssa:>10.0f} | {ssa / lin:>11.2f}x |")
-    if peaks:
+    print(f"|{'-' * 23}|{'-' * 12}|{'-' * 12}|{'-' * 14}|", flush=True)
+    built = {name: build(args.model, name, args.classes, device) for name in CLASSIFIERS}
+    images, labels = make_batch(args.batch, args.size, args.classes, device)
+    phases = {
+        "train step": lambda name: train_step(*built[name], images, labels),
+        "inference": lambda name: infer(built[name][0], images[:1]),
+    }
+    for phase, run in phases.items():
+        times: dict[str, list[float]] = {name: [] for name in CLASSIFIERS}
+        for _ in range(args.warmup):
+            for name in CLASSIFIERS:
+                run(name)
+        for _ in range(args.runs):
+            for name in CLASSIFIERS:  # interleaved, so machine noise hits both alike
+                times[name].append(timed(lambda: run(name), device))
+        lin, ssa = (statistics.median(times[n]) * 1e3 for n in CLASSIFIERS)
+        print(f"| {phase + ' (ms)':<22}| {lin:>10.0f} | {ssa:>10.0f} | {ssa / lin:>11.2f}x |", flush=True)
+    del built
+    if not args.skip_memory:
         what = "peak RSS" if device.type == "cpu" else "max allocated"
-        lin, ssa = (peaks[n] / 2**30 for n in CLASSIFIERS)
-        print(f"| {what + ' (GiB)':<22}| {lin:>10.2f} | {ssa:>10.2f} | {ssa / lin:>11.2f}x |")
+        lin, ssa = (peak_memory(args, n) / 2**30 for n in CLASSIFIERS)
+        print(f"| {what + ' (GiB)':<22}| {lin:>10.2f} | {ssa:>10.2f} | {ssa / lin:>11.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
