@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ssaseg
+from ssaseg.classifiers import CLASSIFIERS
 from ssaseg.cli import run
 from ssaseg.export import STATIC_SHAPE_ONLY, ExportError, dynamic_refusal, export_model
 from ssaseg.models import architecture_of, list_models
@@ -89,11 +90,6 @@ def _calibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> None:
     model.eval()
 
 
-_HALF_FAILURES = {
-    # Failures owned by other branches; the markers go once those fixes are merged.
-    ("ssa",): "SSAClassifier: float input meets a half bias (fix in the perf branch)",
-    ("upernet_vit_adapter",): "ms_deform_attn: float sampling grid meets half values",
-}
 #: Runs, but far from float32 on CPU (max error / max |logit| measured at 64x64, BN calibrated):
 #: open findings, not yet explained.
 _IMPRECISE = {
@@ -107,16 +103,13 @@ def _slow_unless(*fast: str) -> list:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("classifier", ["linear", "ssa"])
+@pytest.mark.parametrize("classifier", sorted(CLASSIFIERS))
 @pytest.mark.parametrize("name", _slow_unless("segformer_b0"))
 def test_reduced_precision_inference(name, classifier, dtype, request):
     """model.to(dtype) inference on CPU: finite and within 15% of the float32 logits' range
     (a loose bound: randomly initialised models, CPU kernels; it catches dtype errors,
     overflow and garbage, not small precision losses)."""
     arch = architecture_of(name)
-    for key, reason in _HALF_FAILURES.items():
-        if classifier in key or arch in key:
-            request.applymarker(pytest.mark.xfail(reason=reason, raises=RuntimeError, strict=False))
     if (arch, dtype) in _IMPRECISE and classifier == "linear":
         request.applymarker(pytest.mark.xfail(
             reason=f"relative error {_IMPRECISE[arch, dtype]} on CPU (open finding)", raises=AssertionError, strict=False))

@@ -37,7 +37,8 @@ def ms_deform_attn_sample(
         raise ValueError(f"{len(shapes)} level shapes for {num_levels} sampling levels")
     if sum(h * w for h, w in shapes) != value.shape[1]:
         raise ValueError(f"level shapes {list(shapes)} do not cover the {value.shape[1]} value tokens")
-    grids = 2 * sampling_locations - 1
+    # Reference points are built in float32; grid_sample needs the grid in the values' dtype (half models).
+    grids = (2 * sampling_locations - 1).to(value.dtype)
     values = value.split([h * w for h, w in shapes], dim=1)
     weights = attention_weights.transpose(1, 2).reshape(b * m, lq, num_levels, num_points)
     out = value.new_zeros(b * m, d, lq)

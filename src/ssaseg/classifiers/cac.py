@@ -15,14 +15,15 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
-from .losses import reduce_cross_entropy, upsampled_pixel_stats
+from .losses import check_target, reduce_cross_entropy, upsampled_stats
 from .ssa import (
     _full_precision,
-    _prototype_mlp,
+    call_in_full_precision,
     class_onehot,
     cosine_logits,
     legacy_nearest_downsample,
     pooled_class_centers,
+    prototype_mlp,
     soft_class_centers,
 )
 from .ssa_losses import response_distillation
@@ -97,8 +98,8 @@ class CACClassifier(nn.Module):
         nn.init.normal_(self.conv_seg.weight, mean=0.0, std=0.01)
         nn.init.zeros_(self.conv_seg.bias)
         # The MLPs keep PyTorch's default init, as the reference.
-        self.semantic_proj = _prototype_mlp(in_channels)
-        self.teacher_semantic_proj = _prototype_mlp(in_channels)
+        self.semantic_proj = prototype_mlp(in_channels)
+        self.teacher_semantic_proj = prototype_mlp(in_channels)
         self.has_teacher = True
 
     def student(self, feat: Tensor, coarse: Tensor) -> Tensor:
@@ -126,6 +127,10 @@ class CACClassifier(nn.Module):
         return cosine_logits(feat_flat, proto, self.tau, self.eps).unflatten(-1, (h, w))
 
     def forward(self, feat: Tensor, target: Tensor | None = None):
+        if self.conv_seg.weight.dtype in (torch.float16, torch.bfloat16):
+            return call_in_full_precision(self, feat, target)
+        if self.training and target is not None and target.dim() == 3:
+            check_target(target, self.num_classes, self.ignore_index)
         # CAC maths in full precision even under autocast (CAC spec C11).
         guard = torch.autocast(feat.device.type, enabled=False) if torch.is_autocast_enabled(feat.device.type) else nullcontext()
         with guard:
@@ -146,14 +151,15 @@ class CACClassifier(nn.Module):
         small = legacy_nearest_downsample(target, feat.shape[-2:])
         teacher_logits = self.teacher(feat, small)
 
-        def ce(x: Tensor, align_corners: bool, all_pixels: bool) -> Tensor:
-            stats = upsampled_pixel_stats(x, target, self.ignore_index, align_corners, with_prob_sum=False)
+        def ce(x: Tensor, align_corners: bool, all_pixels: bool, bound: float | None) -> Tensor:
+            stats = upsampled_stats(x, target, self.ignore_index, align_corners, logit_bound=bound)
             return reduce_cross_entropy(stats, all_pixels=all_pixels)
 
+        # Student and oracle logits are τ-scaled cosines (|logits| <= |τ|); the coarse ones are not.
         raw = {
-            "ce": ce(logits, self.main_align_corners, self.main_ce_all_pixels),
-            "ce_coarse": ce(coarse, self.loss_align_corners, False),
-            "ce_teacher": ce(teacher_logits, self.loss_align_corners, False),
+            "ce": ce(logits, self.main_align_corners, self.main_ce_all_pixels, self.tau),
+            "ce_coarse": ce(coarse, self.loss_align_corners, False, None),
+            "ce_teacher": ce(teacher_logits, self.loss_align_corners, False, self.tau),
             "kd_response": response_distillation(
                 logits, teacher_logits.detach(), small, None, self.smoothness, self.ignore_index, self.eps
             ),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .losses import reduce_cross_entropy, upsampled_pixel_stats
+from .losses import check_target, reduce_cross_entropy, upsampled_stats
 
 
 class LinearClassifier(nn.Module):
@@ -47,7 +47,8 @@ class LinearClassifier(nn.Module):
             return logits
         if target is None:
             raise ValueError("LinearClassifier in train mode needs target (B, H, W)")
-        stats = upsampled_pixel_stats(logits.float(), target, self.ignore_index, self.align_corners)
+        check_target(target, self.num_classes, self.ignore_index)
+        stats = upsampled_stats(logits.float(), target, self.ignore_index, self.align_corners)
         ce = reduce_cross_entropy(stats, all_pixels=True)
         return logits, {"ce": self.loss_weight * ce}
 

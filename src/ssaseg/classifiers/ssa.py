@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .boundary import boundary_mask
-from .losses import reduce_cross_entropy, upsampled_pixel_stats
+from .losses import check_target, reduce_cross_entropy, upsampled_stats
 from .ssa_losses import dice_loss, response_distillation, semantic_distillation, spatial_distillation
 
 #: Weights of the loss terms (spec §5 step 13, §6.6, §6.7).
@@ -30,7 +30,7 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
 _TEACHER_MODULES = ("teacher_semantic_proj", "teacher_spatial_proj", "teacher_center_proj")
 
 
-def _prototype_mlp(channels: int) -> nn.Sequential:
+def prototype_mlp(channels: int) -> nn.Sequential:
     """φ: Linear(2C -> C/2, no bias) -> ReLU -> Linear(C/2 -> C)."""
     return nn.Sequential(
         nn.Linear(2 * channels, channels // 2, bias=False), nn.ReLU(inplace=True), nn.Linear(channels // 2, channels)
@@ -44,23 +44,35 @@ def l2_norm(x: Tensor, dim: int) -> Tensor:
     return x.pow(2).sum(dim, keepdim=True).clamp_min(1e-30).sqrt()
 
 
+def cosine_logits(pixels: Tensor, centers: Tensor, tau: float, eps: float) -> Tensor:
+    """τ·cos: pixels X (B,C,N), centers Z (B,K,C) or (K,C) -> (B,K,N).
+
+    Equal to τ · (Z/(‖Z‖+ε)) @ (X/(‖X‖+ε)), but the pixel norms divide the (B,K,N) product
+    instead of the larger (B,C,N) input, and τ is folded into the (B,K,C) centers. |result| <= |τ|.
+    """
+    z = centers * (tau / (l2_norm(centers, dim=-1) + eps))
+    return (z @ pixels) / (l2_norm(pixels, dim=1) + eps)
+
+
 def _full_precision(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def call_in_full_precision(module: nn.Module, feat: Tensor, target: Tensor | None):
+    """``module(feat, target)`` of a classifier cast to fp16/bf16 (``model.half()``): its maths run
+    on fp32 copies of the parameters (spec Q5: the ε's and the squared norms do not fit fp16);
+    logits come back in the module's dtype, losses in fp32."""
+    dtype = module.conv_seg.weight.dtype
+    params = {name: p.float() for name, p in module.named_parameters()}
+    out = torch.func.functional_call(module, params, (feat.float(), target))
+    if module.training:
+        return out[0].to(dtype), out[1]
+    return out.to(dtype)
 
 
 def legacy_nearest_downsample(labels: Tensor, size: tuple[int, int]) -> Tensor:
     """PyTorch's legacy ``nearest`` (source index floor(dst·in/out)). (B,H,W) long -> (B,h,w) long."""
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
-def cosine_logits(pixels: Tensor, centers: Tensor, tau: float, eps: float) -> Tensor:
-    """τ·cos: pixels X (B,C,N), centers Z (B,K,C) or (K,C) -> (B,K,N).
-
-    Equal to τ · (Z/(‖Z‖+ε)) @ (X/(‖X‖+ε)), but the pixel norms divide the (B,K,N) product
-    instead of the larger (B,C,N) input, and τ is folded into the centers.
-    """
-    z = centers * (tau / (l2_norm(centers, dim=-1) + eps))
-    return (z @ pixels) / (l2_norm(pixels, dim=1) + eps)
 
 
 def soft_class_centers(feat_flat: Tensor, coarse_flat: Tensor, eps: float) -> Tensor:
@@ -161,19 +173,15 @@ class SSAClassifier(nn.Module):
         # The remaining modules keep PyTorch's default init: it is part of the recipe (Q26).
         self.position_encoder = nn.Conv2d(c, c, kernel_size=3, padding=1, groups=c)
         self.class_position = nn.Embedding(num_classes, c)
-        self.semantic_proj = _prototype_mlp(c)
-        self.spatial_proj = _prototype_mlp(c)
+        self.semantic_proj = prototype_mlp(c)
+        self.spatial_proj = prototype_mlp(c)
         self.center_proj = nn.Linear(c, c, bias=False)
-        self.teacher_semantic_proj = _prototype_mlp(c)
-        self.teacher_spatial_proj = _prototype_mlp(c)
+        self.teacher_semantic_proj = prototype_mlp(c)
+        self.teacher_spatial_proj = prototype_mlp(c)
         self.teacher_center_proj = nn.Linear(c, c, bias=False)
         self.has_teacher = True
 
     # ------------------------------------------------------------------ building blocks
-    def _cosine_logits(self, pixels: Tensor, centers: Tensor) -> Tensor:
-        """τ·cos: pixels X (B,C,N), centers Z (B,K,C) -> (B,K,N); see :func:`cosine_logits`."""
-        return cosine_logits(pixels, centers, self.tau, self.eps)
-
     def student(self, feat: Tensor, coarse: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """SEPA + SPPA (spec §3).
 
@@ -196,7 +204,7 @@ class SSAClassifier(nn.Module):
         prototypes = self.conv_seg.weight.flatten(1).expand(batch, -1, -1)
         semantic_proto = self.semantic_proj(torch.cat([semantic_center, prototypes], dim=-1))
         centers = self.center_proj(semantic_proto + spatial_proto)
-        logits = self._cosine_logits(feat_flat + feat_pos, centers).unflatten(-1, (h, w))
+        logits = cosine_logits(feat_flat + feat_pos, centers, self.tau, self.eps).unflatten(-1, (h, w))
         return logits, semantic_proto, spatial_proto, feat_pos
 
     def teacher(self, feat: Tensor, feat_pos: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -227,11 +235,19 @@ class SSAClassifier(nn.Module):
         )
         spatial_proto = self.teacher_spatial_proj(torch.cat([spatial_center, class_pos.expand(batch, -1, -1)], dim=-1))
         centers = self.teacher_center_proj(semantic_proto + spatial_proto)
-        logits = self._cosine_logits(feat_flat + feat_pos, centers).unflatten(-1, (h, w))
+        logits = cosine_logits(feat_flat + feat_pos, centers, self.tau, self.eps).unflatten(-1, (h, w))
         return logits, semantic_proto, spatial_proto
 
     # ------------------------------------------------------------------ forward
     def forward(self, feat: Tensor, target: Tensor | None = None):
+        if self.conv_seg.weight.dtype in (torch.float16, torch.bfloat16):
+            return call_in_full_precision(self, feat, target)
+        if self.training:
+            if target is None:
+                raise ValueError("SSAClassifier in train mode needs target (B, H, W); call .eval() for inference")
+            if target.dim() != 3:
+                raise ValueError(f"target must be (B, H, W) long, got shape {tuple(target.shape)}")
+            check_target(target, self.num_classes, self.ignore_index)
         # SSA maths in full precision even under autocast (spec Q5).
         guard = torch.autocast(feat.device.type, enabled=False) if torch.is_autocast_enabled(feat.device.type) else nullcontext()
         with guard:
@@ -240,10 +256,6 @@ class SSAClassifier(nn.Module):
             logits, semantic_proto, spatial_proto, feat_pos = self.student(feat, coarse)
             if not self.training:
                 return logits
-            if target is None:
-                raise ValueError("SSAClassifier in train mode needs target (B, H, W); call .eval() for inference")
-            if target.dim() != 3:
-                raise ValueError(f"target must be (B, H, W) long, got shape {tuple(target.shape)}")
             losses = self._losses(feat, feat_pos, coarse, logits, semantic_proto, spatial_proto, target.long())
         return logits, losses
 
@@ -262,12 +274,14 @@ class SSAClassifier(nn.Module):
         teacher_logits, teacher_semantic, teacher_spatial = self.teacher(feat, feat_pos, small)
         boundary = boundary_mask(small, self.border, self.dilation)
 
-        def stats(x: Tensor, with_prob_sum: bool):
-            return upsampled_pixel_stats(
-                x, target, self.ignore_index, self.loss_align_corners, with_prob_sum, self.dice_mask_ignore
+        def stats(x: Tensor, with_prob_sum: bool, bound: float | None):
+            return upsampled_stats(
+                x, target, self.ignore_index, self.loss_align_corners, with_prob_sum, self.dice_mask_ignore, bound
             )
 
-        student, teacher, coarse_stats = stats(logits, True), stats(teacher_logits, True), stats(coarse, False)
+        # Student and teacher logits are τ-scaled cosines, so |logits| <= |τ|.
+        student, teacher = stats(logits, True, self.tau), stats(teacher_logits, True, self.tau)
+        coarse_stats = stats(coarse, False, None)
         raw = {
             "ce": reduce_cross_entropy(student, all_pixels=self.main_ce_all_pixels),
             "ce_coarse": reduce_cross_entropy(coarse_stats, all_pixels=False),

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from .losses import PixelStats
+from .losses import UpsampledStats
 
 
 def per_class_sums(values: Tensor, labels: Tensor, num_classes: int, ignore_index: int) -> Tensor:
@@ -84,11 +84,11 @@ def _distributed_mean_count(count: Tensor) -> Tensor:
     return count.clamp_min(1.0)
 
 
-def dice_loss(stats: PixelStats, labels: Tensor) -> Tensor:
+def dice_loss(stats: UpsampledStats, labels: Tensor) -> Tensor:
     """Sigmoid dice over the (image, class) masks present in ``labels`` (spec §6.5).
 
     Args:
-        stats: :func:`~ssaseg.classifiers.losses.upsampled_pixel_stats` of the logits at label
+        stats: :func:`~ssaseg.classifiers.losses.upsampled_stats` of the logits at label
             resolution, with ``prob_sum`` (ignored pixels counted as negatives, faithful, or left
             out with ``mask_ignore``, spec Q9).
         labels: (B, H, W) long.
