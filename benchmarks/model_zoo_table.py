@@ -1,6 +1,6 @@
 """Write docs/model_zoo.md: ssaseg's complexity figures next to the SSA-Seg README's.
 
-For every row of the README's ADE20K table (spec §15.1) that is registered in ssaseg, build the
+For every row of the README's ADE20K table (docs/algorithm.md §15.1) that is registered in ssaseg, build the
 model with the SSA and with the linear classifier (K=150, 512x512) and record parameters
 (train / inference / README convention), GMACs under mmcv 1.x's rules, the BatchNorm part of
 those, true GFLOPs (torch.utils.flop_counter) and, with ``--latency``, the median latency on
@@ -46,16 +46,16 @@ def _m(count: int) -> float:
     return count / 1e6
 
 
-#: Notes on the README figures (spec §15.4 and what the measurements show), keyed by registry
+#: Notes on the README figures (docs/algorithm.md §15.4 and what the measurements show), keyed by registry
 #: name; each gets the measured +SSA and linear rows of that model.
 PAPER_NOTES: dict[str, Callable[[BenchmarkRow, BenchmarkRow], str]] = {
     "ocrnet_hrnet_w48": lambda ssa, lin: (
         "README params 8.7 M are a typo: HRNetV2-W48 alone has ~65 M parameters; ssaseg counts "
-        f"{_m(ssa.params.readme):.2f} M in the README convention (spec §15.4 item 1). The GMACs agree."
+        f"{_m(ssa.params.readme):.2f} M in the README convention (docs/algorithm.md §15.4 item 1). The GMACs agree."
     ),
     "afformer_b": lambda ssa, lin: (
         "ssaseg leaves out the head's `align` ConvModule (256→256 1×1 + GN, 66,048 parameters) that "
-        "the official head builds but never calls (spec Q19); the README count includes it: "
+        "the official head builds but never calls (docs/algorithm.md Q19); the README count includes it: "
         f"{_m(ssa.params.readme):.2f} + 0.07 = {_m(ssa.params.readme) + 0.066:.2f} M ≈ 3.3 M."
     ),
     "segnext_t": lambda ssa, lin: (
@@ -65,7 +65,7 @@ PAPER_NOTES: dict[str, Callable[[BenchmarkRow, BenchmarkRow], str]] = {
         "6.2 → 6.3 is a rounding boundary."
     ),
     "cgrseg_b": lambda ssa, lin: (
-        "spec §15.4 item 4 suspected the README's 19.3 M was ~1 M too high. The measured "
+        "docs/algorithm.md §15.4 item 4 suspected the README's 19.3 M was ~1 M too high. The measured "
         f"structure says otherwise: +SSA {_m(ssa.params.readme):.2f} M (README convention), linear "
         f"baseline with its `lgc` block {_m(lin.params.readme):.2f} M. Under mmcv's rules the +SSA "
         f"model costs {lin.gmacs - ssa.gmacs:.3f} GMACs less than the baseline, because "
@@ -249,10 +249,10 @@ def render(
         "- **true GFLOPs**: `torch.utils.flop_counter.FlopCounterMode`, 2 FLOPs per multiply-add, "
         "every matmul, convolution and attention kernel included (also SSA's gathers and cosine "
         "classifier), element-wise work excluded. This is the number to compare architectures with "
-        "(spec §14 Q17).",
+        "(docs/algorithm.md Q17).",
         "- **params README conv.**: all parameters as built, auxiliary heads included, SSA's "
         "train-only teacher projections (4C²+2C) excluded: the convention the README's counts "
-        "follow (spec §15.4 item 5). **inference**: after `model.deploy()` (no auxiliary heads, "
+        "follow (docs/algorithm.md §15.4 item 5). **inference**: after `model.deploy()` (no auxiliary heads, "
         "no teacher). **train**: everything that is optimised.",
         "",
         "Reproduce one row with `ssaseg benchmark segnext_t --classifier both` (or "
@@ -266,7 +266,7 @@ def render(
         "## Linear-classifier baselines",
         "",
         "Published baselines: mmcv 1.7.2 `get_flops` on faithful re-implementations of the mmseg "
-        "configs (SyncBN norms uncounted), see the ecosystem notes §E.",
+        "configs (SyncBN norms uncounted).",
         "",
         baseline_table(names, rows),
         "",
@@ -274,7 +274,7 @@ def render(
         "",
         "The mmcv counter sees only the SSA classifier's depthwise 3×3 conv and its small MLPs; "
         "its matmuls (prototype gathers, cosine classifier: ~3·K·C·N MACs) are invisible to it, so "
-        "the README's +0.1 G understates the real cost (spec §14 Q17). The true-FLOP delta counts "
+        "the README's +0.1 G understates the real cost (docs/algorithm.md Q17). The true-FLOP delta counts "
         "them.",
         "",
         overhead_table(names, rows),
@@ -285,7 +285,7 @@ def render(
         "- The README copies latency, params and FLOPs across ADE20K, COCO-Stuff and PASCAL-Context "
         "although K differs (150/171/59) and the PASCAL-Context crop is 480×480; its PASCAL-Context "
         "FLOPs are rescaled by ≈(480/512)² for the large models but not for ViT-Adapter-L or the "
-        "light models (spec §15.4 items 2-3). Only the ADE20K rows are compared here.",
+        "light models (docs/algorithm.md §15.4 items 2-3). Only the ADE20K rows are compared here.",
         "- README latency comes from mmseg's benchmark loop on an unstated GPU (whole-image test, "
         "except ViT-Adapter-L whose config tests with a sliding window); it is not comparable "
         "across machines. "

@@ -1,6 +1,6 @@
-"""A deliberately plain reference of the CAC classifier's training step (CAC spec §2-§4).
+"""A deliberately plain reference of the CAC classifier's training step (docs/algorithm.md §18).
 
-A test oracle written straight from the CAC specification, not from ``ssaseg.classifiers``: it
+A test oracle written straight from docs/algorithm.md §18, not from ``ssaseg.classifiers``: it
 reads the parameters of a ``CACClassifier`` by name and recomputes everything with explicit
 loops over images and classes, in the inputs' dtype (use float64 for tight comparisons). It
 follows the reference code's own formulation: the per-class masked loop for the oracle centres,
@@ -29,7 +29,7 @@ def mlp(seq: nn.Module, x: Tensor) -> Tensor:
 
 
 def legacy_nearest(target: Tensor, size: tuple[int, int]) -> Tensor:
-    """y_h: label (B,H,W) -> (B,h,w), PyTorch's legacy ``nearest`` (CAC spec §3.1 step 1)."""
+    """y_h: label (B,H,W) -> (B,h,w), PyTorch's legacy ``nearest`` (docs/algorithm.md §18)."""
     return F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 

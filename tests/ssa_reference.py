@@ -1,7 +1,7 @@
-"""A deliberately plain reference of the SSA classifier's training step (spec §2-§6, §14, §16).
+"""A deliberately plain reference of the SSA classifier's training step (docs/algorithm.md §2-§6, §14, §16).
 
 This module is a test oracle and a readable description of the algorithm. It is written
-straight from /work/shared/spec/ssa-spec.md, not from ``ssaseg.classifiers.ssa``: it only reads
+straight from docs/algorithm.md, not from ``ssaseg.classifiers.ssa``: it only reads
 the parameters of an ``SSAClassifier`` (by their ssaseg names) and recomputes everything with
 explicit loops over images and classes, in whatever dtype the inputs have (use float64 for
 tight comparisons). Nothing here is fast, and nothing here should be imported by the package.
@@ -45,7 +45,7 @@ DEFAULT_LOSS_WEIGHTS = {
 # small helpers
 # --------------------------------------------------------------------------------------------
 def l2_normalize(v: Tensor, dim: int, eps: float) -> Tensor:
-    """``v / (||v|| + eps)``: eps is added to the norm, never used as a clamp (spec §0)."""
+    """``v / (||v|| + eps)``: eps is added to the norm, never used as a clamp (docs/algorithm.md §0)."""
     return v / (v.norm(dim=dim, keepdim=True) + eps)
 
 
@@ -53,7 +53,7 @@ def two_layer_mlp(seq: nn.Module, x: Tensor) -> Tensor:
     """phi(x) = Linear(2C -> C/2, no bias) -> ReLU -> Linear(C/2 -> C, bias), from the weights.
 
     Reads ``seq[0].weight``, ``seq[2].weight`` and ``seq[2].bias``; asserts that the first
-    layer has no bias, as in the spec's parameter table (§2).
+    layer has no bias, as in the parameter table of docs/algorithm.md §2.
     """
     first, last = seq[0], seq[2]
     assert first.bias is None, "the first layer of the projection MLP must have no bias"
@@ -72,12 +72,12 @@ def legacy_nearest_downsample(target: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def upsample_for_loss(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear, align_corners=True: what the training losses use (spec §5 step 7, §6.11)."""
+    """Bilinear, align_corners=True: what the training losses use (docs/algorithm.md §5 step 7, §6.11)."""
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
 
 
 # --------------------------------------------------------------------------------------------
-# boundary mask (spec §6.4.1), the OpenCV way
+# boundary mask (docs/algorithm.md §6.4.1), the OpenCV way
 # --------------------------------------------------------------------------------------------
 def opencv_boundary_mask(label: np.ndarray, border: int = 6, dilation: int = 3) -> np.ndarray:
     """The official pipeline for one label map (h, w) -> bool (h, w).
@@ -105,7 +105,7 @@ def reference_boundary_mask(labels: Tensor, border: int = 6, dilation: int = 3) 
 
 
 # --------------------------------------------------------------------------------------------
-# student (spec §3) and teacher (spec §4)
+# student (docs/algorithm.md §3) and teacher (docs/algorithm.md §4)
 # --------------------------------------------------------------------------------------------
 def student_branch(clf: nn.Module, feat: Tensor, tau: float, eps: float) -> dict[str, Tensor]:
     """Coarse logits M, position features P_f, student logits O, prototypes S_p and P_p.
@@ -162,7 +162,7 @@ def teacher_branch(
     """GT-guided teacher: O^ (B,K,h,w), S^_p (B,K,C), P^_p (B,K,C).
 
     ``y_h`` is the label nearest-downsampled to (h, w): presence of a class is decided there.
-    Semantic centers are pooled over the whole batch, spatial centers per image (spec §4).
+    Semantic centers are pooled over the whole batch, spatial centers per image (docs/algorithm.md §4).
     Absent classes fall back to the DETACHED prototype / embedding row; the concatenation
     partners S and E are not detached.
     """
@@ -213,7 +213,7 @@ def teacher_branch(
 
 
 # --------------------------------------------------------------------------------------------
-# losses (spec §6)
+# losses (docs/algorithm.md §6)
 # --------------------------------------------------------------------------------------------
 def _pixel_nll(logits: Tensor, y: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
     """Per-pixel -log softmax_K(logits)[y] (0 at ignored pixels) and the valid mask."""
@@ -310,7 +310,7 @@ def spatial_distill(P_p: Tensor, P_hat_p: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# the whole training step (spec §5)
+# the whole training step (docs/algorithm.md §5)
 # --------------------------------------------------------------------------------------------
 def reference_eval_forward(clf: nn.Module, feat: Tensor, *, tau: float = 15.0, eps: float = 1e-12) -> Tensor:
     """Test step (§5): student logits O (B, K, h, w) only."""

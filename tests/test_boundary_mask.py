@@ -1,4 +1,4 @@
-"""boundary_mask (spec §6.4.1) against the official OpenCV pipeline, bit for bit.
+"""boundary_mask (docs/algorithm.md §6.4.1) against the official OpenCV pipeline, bit for bit.
 
 The oracle is ``cv2.Canny(label_uint8, 0.1, 0.2)`` -> zero a 6-px frame -> ``cv2.dilate`` with a
 3x3 ones kernel -> ``> 50``, per image (tests/ssa_reference.py).
@@ -88,7 +88,7 @@ def test_just_above_frame_size(size: tuple[int, int]) -> None:
 
 
 def _step_expected(h: int, w: int, j: int) -> np.ndarray:
-    """Hand-derived mask of a vertical step between columns j and j+1 (spec §6.4.1).
+    """Hand-derived mask of a vertical step between columns j and j+1 (docs/algorithm.md §6.4.1).
 
     Both columns j and j+1 have the same Sobel magnitude; the horizontal NMS keeps a pixel when
     m > m[left] and m >= m[right], so column j wins. The frame removes rows [0,6) and [h-6,h);

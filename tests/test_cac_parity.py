@@ -1,7 +1,7 @@
 """The vectorised CACClassifier against the plain loop reference (tests/cac_reference.py).
 
 Compared in float64: student logits, the four loss terms, and the gradient of their sum with
-respect to every parameter and the input feature map (CAC spec §7). Dropout is 0 so the coarse
+respect to every parameter and the input feature map (docs/algorithm.md §18). Dropout is 0 so the coarse
 logits are deterministic.
 """
 from __future__ import annotations

@@ -340,7 +340,7 @@ def test_params_train_and_inference_for_ssa():
     count = params(model)
     assert count.train == before
     aux = sum(p.numel() for p in model.aux_heads.parameters())
-    # deploy() drops the aux head and SSA's train-only projections (spec §2: 4C² + 2C).
+    # deploy() drops the aux head and SSA's train-only projections (docs/algorithm.md §2: 4C² + 2C).
     assert count.train - count.inference == aux + 4 * c * c + 2 * c
     assert count.train - count.readme == 4 * c * c + 2 * c  # README convention keeps the aux head
     linear = params(tiny_segmentor(k, "linear"))

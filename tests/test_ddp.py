@@ -5,7 +5,7 @@ atol 1e-5. What differs between the runs is only floating-point summation order 
 the two ranks' gradients; one process averages over the 4 images in one reduction). This holds
 because the test model has no batch-dependent layer: GroupNorm instead of BatchNorm, no
 classifier dropout, and the linear classifier. The SSA classifier pools its GT class centres over
-the per-device batch (spec Q11), and BatchNorm normalises over the per-device batch, so with
+the per-device batch (docs/algorithm.md Q11), and BatchNorm normalises over the per-device batch, so with
 either of them a 2x2 run legitimately differs from a 1x4 run and no tight tolerance applies.
 The data stream matches because sample seeds depend on the global position in the epoch, not
 on the rank (engine/loader.py).

@@ -98,7 +98,7 @@ def batch(size: tuple[int, int], n: int = 2) -> tuple[torch.Tensor, torch.Tensor
 
 
 def eval_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    torch.manual_seed(7)  # SegNeXt draws fresh NMF bases on every forward (spec Q22)
+    torch.manual_seed(7)  # SegNeXt draws fresh NMF bases on every forward (docs/algorithm.md Q22)
     with torch.no_grad():
         return model.eval()(images)
 

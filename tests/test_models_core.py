@@ -53,7 +53,7 @@ def test_registered():
 
 
 def ssa_added(c: int, k: int, deployed: bool) -> int:
-    """SSA parameters on top of the linear classifier (spec §2)."""
+    """SSA parameters on top of the linear classifier (docs/algorithm.md §2)."""
     return 4 * c * c + 12 * c + k * c if deployed else 8 * c * c + 14 * c + k * c
 
 
@@ -122,7 +122,7 @@ def test_nmf_generator_seeds_bases_and_runs_fp32():
     a = nmf(x)
     nmf.generator.manual_seed(7)
     assert torch.equal(nmf(x), a)
-    assert not torch.allclose(nmf(x), a)  # fresh bases on every call (spec Q22)
+    assert not torch.allclose(nmf(x), a)  # fresh bases on every call (docs/algorithm.md Q22)
     nmf.generator = None
     torch.manual_seed(3)
     b = nmf(x)

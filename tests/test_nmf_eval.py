@@ -53,7 +53,7 @@ def test_eval_bases_are_a_normalised_uniform_draw_outside_the_state_dict() -> No
 def test_random_eval_and_training_draw_fresh_bases() -> None:
     x = _input()
     nmf = NMF2D(16, md_r=4, random_eval=True).eval()
-    assert not torch.allclose(nmf(x), nmf(x))  # the reference: new bases every call (spec Q22)
+    assert not torch.allclose(nmf(x), nmf(x))  # the reference: new bases every call (docs/algorithm.md Q22)
     nmf = NMF2D(16, md_r=4).train()
     assert not torch.allclose(nmf(x), nmf(x))  # training is unchanged: random per forward
     nmf.random_eval = True

@@ -1,7 +1,7 @@
-"""Which loss term sends gradient where (spec §6.10, Q12), one term at a time.
+"""Which loss term sends gradient where (docs/algorithm.md §6.10, Q12), one term at a time.
 
 Each of the eight terms is backpropagated alone; every parameter (and the input feature map)
-must be reached exactly when the spec's dataflow says so. The table below is derived from
+must be reached exactly when the dataflow of docs/algorithm.md says so. The table below is derived from
 §3-§6:
 
 * student logits O use conv_seg (weight as prototype S and, through the coarse logits M that

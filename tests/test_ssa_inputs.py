@@ -19,7 +19,7 @@ def test_low_precision_model_inference_matches_fp32(kind, dtype):
     low = clf.to(dtype)
     got = low(feat.to(dtype))
     assert got.dtype == dtype and got.shape == want.shape
-    # The model's weights were rounded to `dtype`; SSA still computes in fp32 (spec Q5).
+    # The model's weights were rounded to `dtype`; SSA still computes in fp32 (docs/algorithm.md Q5).
     torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.15)
 
 

@@ -3,7 +3,7 @@
 Compared: student logits, every (weighted) loss term, and the gradient of the total objective
 with respect to every parameter and to the input feature map. Everything runs in float64 so
 the tolerances can stay tight (rtol 1e-5); dropout is 0 so the coarse logits are deterministic.
-Spec: /work/shared/spec/ssa-spec.md §2-§6, §14, §16.
+Spec: docs/algorithm.md §2-§6, §14, §16.
 """
 from __future__ import annotations
 
@@ -251,7 +251,7 @@ def test_deploy_drops_exactly_the_teacher() -> None:
     assert clf.conv_seg.weight.shape == (K, C, 1, 1)
 
 
-# (C, K, total added, inference-only added): spec §2 table
+# (C, K, total added, inference-only added): docs/algorithm.md §2 table
 SPEC_PARAM_TABLE = [
     (512, 150, 2_181_120, 1_131_520),
     (512, 171, 2_191_872, 1_142_272),

@@ -41,7 +41,7 @@ def test_parameter_counts() -> None:
     ssa.deploy()
     assert count_parameters(ssa) == COUNTS[2]
     c = 256
-    assert COUNTS[2] - COUNTS[0] == 4 * c * c + 12 * c + 150 * c  # SSA inference add-on, spec §2
+    assert COUNTS[2] - COUNTS[0] == 4 * c * c + 12 * c + 150 * c  # SSA inference add-on, docs/algorithm.md §2
     assert round((COUNTS[0] + ALIGN_PARAMS) / 1e6, 1) == 3.0
     assert round((COUNTS[2] + ALIGN_PARAMS) / 1e6, 1) == 3.3
 

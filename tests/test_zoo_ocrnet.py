@@ -46,7 +46,7 @@ def test_registered() -> None:
 def test_w48_parameter_counts() -> None:
     """Exact counts at K=150 (built on the meta device: no memory, no init cost).
 
-    The README's "8.7 M" for OCRNet-HRNet-W48 is a typo (spec §15.4 item 1): the baseline has
+    The README's "8.7 M" for OCRNet-HRNet-W48 is a typo (docs/algorithm.md §15.4 item 1): the baseline has
     70.53 M parameters and the SSA model 71.66 M at inference (72.71 M with the train-only
     teacher), in line with mmseg's ~70.5 M for ocrnet_hr48.
     """
@@ -61,7 +61,7 @@ def test_w48_parameter_counts() -> None:
     assert count_parameters(linear) == 70_533_100
     assert count_parameters(ssa) == 72_714_220
     c = 512
-    assert count_parameters(ssa) - count_parameters(linear) == 8 * c * c + 14 * c + 150 * c  # spec §16.1
+    assert count_parameters(ssa) - count_parameters(linear) == 8 * c * c + 14 * c + 150 * c  # docs/algorithm.md §16.1
     ssa.deploy()
     assert len(ssa.aux_heads) == 1  # stage 0 is needed at inference
     assert count_parameters(ssa) == 71_664_620
@@ -98,7 +98,7 @@ def test_w18_train_step(classifier: str, w18_ssa: nn.Module) -> None:
         hook.remove()
     model.zero_grad(set_to_none=True)
     losses["loss"].backward()
-    # Spec Q28: stage 0 runs once; its logits are reused as the OCR decoder's prev_logits.
+    # docs/algorithm.md Q28: stage 0 runs once; its logits are reused as the OCR decoder's prev_logits.
     assert len(calls) == 1
     expected = {"ce", "aux.ce", "loss"}
     if classifier == "ssa":

@@ -61,7 +61,7 @@ def test_parameter_counts(name: str) -> None:
     """Baseline = the published SeaFormer seg models (B 8.6 M, L 14.0 M); the SSA add-on is
     4C²+12C+KC at inference (+4C²+2C train-only teacher), C = 160 / 192.
 
-    README: B 8.8 M, L 14.2 M, said to be baseline + inference SSA (spec §15.4 item 5). Exact:
+    README: B 8.8 M, L 14.2 M, said to be baseline + inference SSA (docs/algorithm.md §15.4 item 5). Exact:
     B 8.73 M (8.84 M with the teacher), L 14.13 M (14.28 M); both within 0.1 M of the README,
     which evidently rounded the baseline before adding (14.0 + 0.18).
     """

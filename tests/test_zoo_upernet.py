@@ -17,7 +17,7 @@ from ssaseg.models import count_parameters, create_model
 from ssaseg.weights import load_weights
 
 TINY_SWIN = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), channels=32, aux_channels=16)
-SSA_INFERENCE_ADDON_512 = 4 * 512**2 + 12 * 512  # + K*C, spec §2
+SSA_INFERENCE_ADDON_512 = 4 * 512**2 + 12 * 512  # + K*C, docs/algorithm.md §2
 
 
 def convert_swin_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -201,7 +201,7 @@ def test_upernet_swin_parameter_counts(name):
     linear, ssa = SWIN_COUNTS[name]
     assert meta_count(name, "linear")[0] == linear
     total, without_teacher = meta_count(name, "ssa")
-    assert total == ssa == linear + 8 * 512**2 + 14 * 512 + 150 * 512  # spec §2: training add-on
+    assert total == ssa == linear + 8 * 512**2 + 14 * 512 + 150 * 512  # docs/algorithm.md §2: training add-on
     assert without_teacher == linear + SSA_INFERENCE_ADDON_512 + 150 * 512
     if name in PAPER_M:
         assert round(without_teacher / 1e6, 1) == PAPER_M[name]

@@ -7,7 +7,7 @@ head). :func:`convert_official_state_dict` maps them onto ssaseg's ``backbone.*`
 
 * the SSA classifier's parameters get their ssaseg names (:data:`SSA_PARAMETER_NAMES`);
 * ``conv_seg`` goes to the classifier, everything else of a head to its decoder;
-* the unused ``ssa_loss.criterion.empty_weight`` buffer (spec §2) is dropped;
+* the unused ``ssa_loss.criterion.empty_weight`` buffer (docs/algorithm.md §2) is dropped;
 * architecture-specific rules (e.g. a backbone whose ssaseg module names differ) are registered
   by the zoo files with :func:`register_key_converter` and run after the generic mapping.
 

@@ -101,7 +101,7 @@ class Segmentor(PretrainedMixin, nn.Module):
         for index, head in enumerate(self.aux_heads):
             logits, aux_losses = head(features, targets)
             if index == 0:
-                # Spec Q28: reuse stage-0 logits instead of a second forward pass.
+                # docs/algorithm.md Q28: reuse stage-0 logits instead of a second forward pass.
                 prev = logits
             prefix = self._aux_prefix(index)
             losses.update({prefix + k: v for k, v in aux_losses.items()})

@@ -1,7 +1,7 @@
 """AFFormer backbone ("Head-Free Lightweight Semantic Segmentation with Linear Transformer",
 Dong et al., AAAI 2023; official code dongbo811/AFFormer, ``tools/afformer.py``).
 
-Structure (spec §11.1). A stem of two 3x3 stride-2 Conv-BN-Hardswish layers brings the image to
+Structure (docs/algorithm.md §11.1). A stem of two 3x3 stride-2 Conv-BN-Hardswish layers brings the image to
 1/4. Each of the four stages then
 
 1. runs two depthwise-separable "patch embeds" in sequence (``patch_embed_stages.{i}``); the

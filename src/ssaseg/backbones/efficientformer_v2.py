@@ -1,6 +1,6 @@
 """EfficientFormerV2 backbone, CGRSeg's segmentation variant ("Rethinking Vision Transformers
 for MobileNet Size and Speed", Li et al., ICCV 2023; segmentation variant from
-nizhenliang/CGRSeg ``efficientformer_v2.py``, spec §11.1).
+nizhenliang/CGRSeg ``efficientformer_v2.py``, docs/algorithm.md §11.1).
 
 Layout (snap-research key names, so ``eformer_{s2,l}_450.pth`` loads after dropping the
 classification head, see :func:`checkpoint_filter_fn`):
@@ -19,7 +19,7 @@ offset of the 512-px token grid of that layer) and, at run time, the gathered
 ``(heads, N_q0, N_k0)`` bias table is resized **bicubically** to the actual ``(N_q, N_k)`` (the
 official behaviour: the table is treated as an image, not re-gathered per grid). They start at
 zero: the ImageNet ``attention_biases`` (a different key) are not used. BatchNorm trains normally
-(spec §14 Q21: the official ``train()`` override that freezes BN is defeated by its own SyncBN
+(docs/algorithm.md Q21: the official ``train()`` override that freezes BN is defeated by its own SyncBN
 conversion). The offset-index tables are recomputed at construction and are not saved; the
 official legacy buffers ``attention_biases`` / ``attention_bias_idxs`` are not created (the
 ``cgrseg`` key converter drops them from official checkpoints).

@@ -4,7 +4,7 @@ Two mmseg choices are kept on purpose:
 
 * attention is an ``nn.MultiheadAttention`` (query = tokens, key/value = spatially reduced
   tokens). The paper's GMAC figures come from an mmcv-1.x counter that does not count this module
-  (notes/ecosystem.md §E), and mmseg checkpoints store it as ``attn.attn.in_proj_*`` /
+  (its ``get_flops`` hooks module types only), and mmseg checkpoints store it as ``attn.attn.in_proj_*`` /
   ``attn.attn.out_proj.*``;
 * the Mix-FFN "linear" layers are 1x1 convs (``ffn.layers.0`` fc1, ``.1`` 3x3 depthwise,
   ``.4`` fc2).

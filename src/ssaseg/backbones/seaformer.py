@@ -1,4 +1,4 @@
-"""SeaFormer backbone (Wan et al., ICLR 2023; fudan-zvg/SeaFormer ``seaformer-seg``), spec §11.1.
+"""SeaFormer backbone (Wan et al., ICLR 2023; fudan-zvg/SeaFormer ``seaformer-seg``), docs/algorithm.md §11.1.
 
 A stem and five stacks of MobileNetV2 inverted residuals (``smb1..smb5``), with squeeze-enhanced
 axial attention layers (``trans{i}``) after the last ``len(depths)`` stacks. Module names are
@@ -318,7 +318,7 @@ def checkpoint_filter_fn(state_dict: StateDict) -> StateDict:
     return {k: v for k, v in strip_prefixes(state_dict).items() if not k.startswith(CLASSIFICATION_HEAD_PREFIXES)}
 
 
-#: Architecture of SeaFormer-B and -L (spec §10.7; fudan-zvg/SeaFormer seaformer_{base,large}.py).
+#: Architecture of SeaFormer-B and -L (docs/algorithm.md §10.7; fudan-zvg/SeaFormer seaformer_{base,large}.py).
 SEAFORMER_CONFIGS: dict[str, dict] = {
     "seaformer_b": dict(
         cfgs=[

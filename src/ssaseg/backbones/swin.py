@@ -1,4 +1,4 @@
-"""Swin Transformer backbone with mmseg's structure and parameter names (spec §10.2, §11.2).
+"""Swin Transformer backbone with mmseg's structure and parameter names (docs/algorithm.md §10.2, §11.2).
 
 Why not timm's ``SwinTransformer`` as is: the published SSA-Seg / mmseg checkpoints were trained
 with mmseg's Swin, and timm's differs in ways that change the features at the paper's input

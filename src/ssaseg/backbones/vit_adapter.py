@@ -1,6 +1,6 @@
 """ViT-Adapter (Chen et al., ICLR 2023) on a plain ViT, as used by the paper's UperNet ViT-Adapter-L.
 
-Structure and parameter names follow the ViT-Adapter segmentation code (spec §10.3):
+Structure and parameter names follow the ViT-Adapter segmentation code (docs/algorithm.md §10.3):
 ``patch_embed.proj``, ``pos_embed`` (with the class-token slot, pretrained grid
 ``pretrain_size / 16``, bicubically resized to the input grid), ``blocks.{i}`` (timm ViT blocks),
 ``level_embed``, ``spm.*`` (SpatialPriorModule), ``interactions.{k}.{injector,extractor,

@@ -1,4 +1,4 @@
-"""Boundary mask of a label map, bit-exact with the reference's OpenCV pipeline (spec §6.4.1).
+"""Boundary mask of a label map, bit-exact with the reference's OpenCV pipeline (docs/algorithm.md §6.4.1).
 
 The reference runs ``cv2.Canny(label_uint8, 0.1, 0.2)`` on the CPU for every image, zeroes a
 6-pixel frame, dilates with a 3x3 ones kernel and thresholds at 50. OpenCV floors both Canny

@@ -4,7 +4,7 @@ Classifier for Semantic Segmentation", AAAI 2023), the adaptive classifier SSA-S
 CAC is SSA's semantic branch on its own: per-image soft class centres from the coarse mask, an
 MLP that mixes each centre with the fixed 1x1 prototype, a cosine classifier, and a ground-truth
 oracle that distils into it. It has no spatial branch, no centre projection, no boundary split,
-no dice and no prototype distillation (CAC spec §5). Every piece of maths is SSA's building block.
+no dice and no prototype distillation (docs/algorithm.md §18). Every piece of maths is SSA's building block.
 
 Shapes: B images, C channels, K classes, feature map h x w (N = h·w), labels H x W.
 """
@@ -28,7 +28,7 @@ from .ssa import (
 )
 from .ssa_losses import response_distillation
 
-#: Weights of the loss terms (CAC spec §3.2 step 7: all 1).
+#: Weights of the loss terms (docs/algorithm.md §18: all 1).
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"ce": 1.0, "ce_coarse": 1.0, "ce_teacher": 1.0, "kd_response": 1.0}
 
 
@@ -47,7 +47,7 @@ class CACClassifier(nn.Module):
         main_ce_all_pixels: normalise the main CE by all pixels, as mmseg (faithful); False
             averages over valid pixels like the other two CEs.
         main_align_corners: ``align_corners`` of the upsampling before the main CE (False: the
-            mmseg head resize, CAC spec C7).
+            mmseg head resize, docs/algorithm.md C7).
         loss_align_corners: ``align_corners`` of the upsampling before the coarse and oracle CEs
             (True in the reference).
 
@@ -103,7 +103,7 @@ class CACClassifier(nn.Module):
         self.has_teacher = True
 
     def student(self, feat: Tensor, coarse: Tensor) -> Tensor:
-        """Context-aware logits (CAC spec §2). feat: F (B,C,h,w); coarse: M (B,K,h,w) -> O (B,K,h,w)."""
+        """Context-aware logits (docs/algorithm.md §18). feat: F (B,C,h,w); coarse: M (B,K,h,w) -> O (B,K,h,w)."""
         batch, _, h, w = feat.shape
         feat_flat = feat.flatten(2)
         centers = soft_class_centers(feat_flat, coarse.flatten(2), self.eps)
@@ -112,7 +112,7 @@ class CACClassifier(nn.Module):
         return cosine_logits(feat_flat, proto, self.tau, self.eps).unflatten(-1, (h, w))
 
     def teacher(self, feat: Tensor, labels: Tensor) -> Tensor:
-        """Oracle logits from ground-truth class centres pooled over the batch (CAC spec §3.1).
+        """Oracle logits from ground-truth class centres pooled over the batch (docs/algorithm.md §18).
 
         feat: F (B,C,h,w); labels: (B,h,w) long at feature resolution -> Ô (B,K,h,w).
         """
@@ -131,7 +131,7 @@ class CACClassifier(nn.Module):
             return call_in_full_precision(self, feat, target)
         if self.training and target is not None and target.dim() == 3:
             check_target(target, self.num_classes, self.ignore_index)
-        # CAC maths in full precision even under autocast (CAC spec C11).
+        # CAC maths in full precision even under autocast (docs/algorithm.md C11).
         guard = torch.autocast(feat.device.type, enabled=False) if torch.is_autocast_enabled(feat.device.type) else nullcontext()
         with guard:
             feat = _full_precision(feat)
@@ -147,7 +147,7 @@ class CACClassifier(nn.Module):
         return logits, losses
 
     def _losses(self, feat: Tensor, coarse: Tensor, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
-        """The four weighted loss terms of CAC spec §3.2-§3.4."""
+        """The four weighted loss terms of docs/algorithm.md §18"""
         small = legacy_nearest_downsample(target, feat.shape[-2:])
         teacher_logits = self.teacher(feat, small)
 

@@ -1,5 +1,5 @@
 """The official CGRSeg two-stage classifier (Ni et al., ECCV 2024; head ``CGRSeg`` in
-nizhenliang/CGRSeg; spec §7, §10.9): the ``classifier="linear"`` head of ``cgrseg_*``.
+nizhenliang/CGRSeg; docs/algorithm.md §7, §10.9): the ``classifier="linear"`` head of ``cgrseg_*``.
 
 The official baseline head refines its feature map with the class logits before classifying
 (see :mod:`ssaseg.decoders.cgr`): that needs the classes, so it is a classifier, built on the
@@ -57,7 +57,7 @@ class CGRClassifier(LinearClassifier):
     3. ``x' = lgc(x, c) + x``; logits ``conv_seg(dropout(x'))`` (the same ``conv_seg`` and
        dropout module, as officially).
 
-    Loss (as the official head, spec §6.1): only the final logits get the mmseg cross entropy
+    Loss (as the official head, docs/algorithm.md §6.1): only the final logits get the mmseg cross entropy
     (weight 1, ignored pixels kept in the denominator); ``M`` gets no loss of its own and is
     trained only through the gather weights. Two consequences of the official design: the
     bias of ``lgc.conv_mask`` never gets a gradient (its output is softmaxed over the classes,

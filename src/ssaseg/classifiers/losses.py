@@ -1,5 +1,5 @@
 """Cross-entropy and sigmoid statistics of logits bilinearly upsampled to the label size
-(spec §6.1-6.3, §6.5, §6.11, Q6, Q7), without ever building the (B, K, H, W) upsampled logits.
+(docs/algorithm.md §6.1-6.3, §6.5, §6.11, Q6, Q7), without ever building the (B, K, H, W) upsampled logits.
 
 Upsampled logits are (B, K, H, W) — 78.6 M floats for B = 2, K = 150 at 512². Every loss that
 needs them is a sum over pixels, so the losses only need:
@@ -286,7 +286,7 @@ def upsampled_stats(
 
 def reduce_cross_entropy(stats: UpsampledStats, all_pixels: bool) -> Tensor:
     """Mean CE from :class:`UpsampledStats`: over all B*H*W pixels (mmseg 0.30, ``all_pixels``) or
-    over the valid ones, 0 (not NaN) when there are none (spec Q6 fix)."""
+    over the valid ones, 0 (not NaN) when there are none (docs/algorithm.md Q6 fix)."""
     total = stats.lse_sum.sum() - (stats.own_logit * stats.valid).sum()
     if all_pixels:
         return total / stats.valid.numel()

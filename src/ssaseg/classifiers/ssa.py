@@ -1,5 +1,5 @@
 """The SSA classifier: semantic and spatial prototype adaptation with online multi-domain
-distillation (SSA-Seg, NeurIPS 2024). Spec §2-§6; official parameter names in
+distillation (SSA-Seg, NeurIPS 2024). docs/algorithm.md §2-§6; official parameter names in
 :data:`ssaseg.checkpoints.SSA_PARAMETER_NAMES`.
 
 Shapes: B images, C channels, K classes, feature map h x w (N = h·w), labels H x W.
@@ -16,7 +16,7 @@ from .boundary import boundary_mask
 from .losses import check_target, reduce_cross_entropy, upsampled_stats
 from .ssa_losses import dice_loss, response_distillation, semantic_distillation, spatial_distillation
 
-#: Weights of the loss terms (spec §5 step 13, §6.6, §6.7).
+#: Weights of the loss terms (docs/algorithm.md §5 step 13, §6.6, §6.7).
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "ce": 1.0,
     "ce_coarse": 1.0,
@@ -60,7 +60,7 @@ def _full_precision(x: Tensor) -> Tensor:
 
 def call_in_full_precision(module: nn.Module, feat: Tensor, target: Tensor | None):
     """``module(feat, target)`` of a classifier cast to fp16/bf16 (``model.half()``): its maths run
-    on fp32 copies of the parameters (spec Q5: the ε's and the squared norms do not fit fp16);
+    on fp32 copies of the parameters (docs/algorithm.md Q5: the ε's and the squared norms do not fit fp16);
     logits come back in the module's dtype, losses in fp32."""
     dtype = module.conv_seg.weight.dtype
     params = {name: p.float() for name, p in module.named_parameters()}
@@ -76,7 +76,7 @@ def legacy_nearest_downsample(labels: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def soft_class_centers(feat_flat: Tensor, coarse_flat: Tensor, eps: float) -> Tensor:
-    """Per-image soft class centres (SEPA, spec §3): softmax over classes of the coarse logits
+    """Per-image soft class centres (SEPA, docs/algorithm.md §3): softmax over classes of the coarse logits
     M (B,K,N), then the probability-weighted mean of the pixel features F (B,C,N) -> (B,K,C)."""
     class_prob = F.softmax(coarse_flat, dim=1)
     return (class_prob @ feat_flat.transpose(1, 2)) / (class_prob.sum(-1, keepdim=True) + eps)
@@ -91,7 +91,7 @@ def class_onehot(labels: Tensor, num_classes: int, ignore_index: int, dtype: tor
 
 
 def pooled_class_centers(feat_flat: Tensor, onehot: Tensor, fallback: Tensor, eps: float) -> Tensor:
-    """Ground-truth class centres pooled over the whole per-device batch (spec §4, Q11): the mean
+    """Ground-truth class centres pooled over the whole per-device batch (docs/algorithm.md §4, Q11): the mean
     feature of each class present in ``onehot`` (B,K,N); absent classes take their row of
     ``fallback`` (K,C). F (B,C,N) -> (K,C)."""
     count = onehot.sum((0, 2))[:, None]
@@ -115,10 +115,10 @@ class SSAClassifier(nn.Module):
         dilation: side of the boundary dilation kernel (3).
         loss_weights: overrides of :data:`DEFAULT_LOSS_WEIGHTS`.
         main_ce_all_pixels: normalise the main CE by all pixels, as mmseg 0.30 (faithful); False
-            averages over valid pixels like the other two CEs (spec Q7).
+            averages over valid pixels like the other two CEs (docs/algorithm.md Q7).
         loss_align_corners: ``align_corners`` of the bilinear upsampling of logits to the label
-            size in the losses (True in the reference; inference uses False, spec Q8).
-        dice_mask_ignore: leave ignored pixels out of the dice (spec Q9 fix); False is faithful.
+            size in the losses (True in the reference; inference uses False, docs/algorithm.md Q8).
+        dice_mask_ignore: leave ignored pixels out of the dice (docs/algorithm.md Q9 fix); False is faithful.
 
     Eval: ``forward(feat (B,C,h,w)) -> logits (B,K,h,w)``, the student's τ-scaled cosines.
     Train: ``forward(feat, target (B,H,W) long) -> (logits, losses)``; ``losses`` holds the
@@ -183,7 +183,7 @@ class SSAClassifier(nn.Module):
 
     # ------------------------------------------------------------------ building blocks
     def student(self, feat: Tensor, coarse: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """SEPA + SPPA (spec §3).
+        """SEPA + SPPA (docs/algorithm.md §3).
 
         Args:
             feat: F (B,C,h,w). coarse: M (B,K,h,w), the coarse logits conv_seg(dropout(F)).
@@ -208,7 +208,7 @@ class SSAClassifier(nn.Module):
         return logits, semantic_proto, spatial_proto, feat_pos
 
     def teacher(self, feat: Tensor, feat_pos: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """GT-guided teacher (spec §4), vectorised with a one-hot matmul.
+        """GT-guided teacher (docs/algorithm.md §4), vectorised with a one-hot matmul.
 
         Args:
             feat: F (B,C,h,w). feat_pos: P_f (B,C,N). labels: (B,h,w) long at feature resolution.
@@ -225,7 +225,7 @@ class SSAClassifier(nn.Module):
         count_per_image = onehot.sum(-1)  # (B,K)
         prototypes = self.conv_seg.weight.flatten(1)
         class_pos = self.class_position.weight
-        # Semantic centers are pooled over the whole per-device batch (faithful, spec Q11).
+        # Semantic centers are pooled over the whole per-device batch (faithful, docs/algorithm.md Q11).
         semantic_center = pooled_class_centers(feat_flat, onehot, prototypes.detach(), self.eps)
         semantic_proto = self.teacher_semantic_proj(torch.cat([semantic_center, prototypes], dim=-1))
         # Spatial centers are per image.
@@ -248,7 +248,7 @@ class SSAClassifier(nn.Module):
             if target.dim() != 3:
                 raise ValueError(f"target must be (B, H, W) long, got shape {tuple(target.shape)}")
             check_target(target, self.num_classes, self.ignore_index)
-        # SSA maths in full precision even under autocast (spec Q5).
+        # SSA maths in full precision even under autocast (docs/algorithm.md Q5).
         guard = torch.autocast(feat.device.type, enabled=False) if torch.is_autocast_enabled(feat.device.type) else nullcontext()
         with guard:
             feat = _full_precision(feat)
@@ -269,7 +269,7 @@ class SSAClassifier(nn.Module):
         spatial_proto: Tensor,
         target: Tensor,
     ) -> dict[str, Tensor]:
-        """The eight weighted loss terms of spec §5 (steps 5-13)."""
+        """The eight weighted loss terms of docs/algorithm.md §5 (steps 5-13)."""
         small = legacy_nearest_downsample(target, feat.shape[-2:])
         teacher_logits, teacher_semantic, teacher_spatial = self.teacher(feat, feat_pos, small)
         boundary = boundary_mask(small, self.border, self.dilation)

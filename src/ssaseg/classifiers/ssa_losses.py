@@ -1,7 +1,7 @@
-"""SSA-Seg's distillation and dice losses, vectorised (spec §6.4-6.7).
+"""SSA-Seg's distillation and dice losses, vectorised (docs/algorithm.md §6.4-6.7).
 
 All functions expect fp32 (or fp64) inputs; the classifier disables autocast around them
-(spec Q5: eps = 1e-12 underflows and per-class pixel counts overflow in fp16).
+(docs/algorithm.md Q5: eps = 1e-12 underflows and per-class pixel counts overflow in fp16).
 """
 from __future__ import annotations
 
@@ -38,14 +38,14 @@ def response_distillation(
     ignore_index: int = 255,
     eps: float = 1e-12,
 ) -> Tensor:
-    """Boundary-aware, entropy-weighted, class-balanced soft-target CE (spec §6.4; ``KLLoss``).
+    """Boundary-aware, entropy-weighted, class-balanced soft-target CE (docs/algorithm.md §6.4; ``KLLoss``).
 
     Args:
         student_logits: O (B, K, h, w).
         teacher_logits: Ô (B, K, h, w), already detached by the caller.
         labels: (B, h, w) long at feature resolution.
         boundary: (B, h, w) bool boundary band of ``labels``, or None for one entropy-weighted
-            group per class without the ½ (CAC's distillation, CAC spec §3.4).
+            group per class without the ½ (CAC's distillation, docs/algorithm.md §18).
     Returns:
         Scalar: mean over the classes present in ``labels`` of
         ½ (edge-normalised + interior-normalised) loss; 0 when no class is present.
@@ -85,12 +85,12 @@ def _distributed_mean_count(count: Tensor) -> Tensor:
 
 
 def dice_loss(stats: UpsampledStats, labels: Tensor) -> Tensor:
-    """Sigmoid dice over the (image, class) masks present in ``labels`` (spec §6.5).
+    """Sigmoid dice over the (image, class) masks present in ``labels`` (docs/algorithm.md §6.5).
 
     Args:
         stats: :func:`~ssaseg.classifiers.losses.upsampled_stats` of the logits at label
             resolution, with ``prob_sum`` (ignored pixels counted as negatives, faithful, or left
-            out with ``mask_ignore``, spec Q9).
+            out with ``mask_ignore``, docs/algorithm.md Q9).
         labels: (B, H, W) long.
     Returns:
         Scalar: Σ_(b,k present) [1 - (2 Σ s·t + 1) / (Σ s + Σ t + 1)] / max(1, #masks).
@@ -110,7 +110,7 @@ def dice_loss(stats: UpsampledStats, labels: Tensor) -> Tensor:
 
 
 def semantic_distillation(student: Tensor, teacher: Tensor, tau: float = 15.0, eps: float = 1e-12) -> Tensor:
-    """Relation distillation of semantic prototypes (spec §6.6; ``disLoss`` before its x10).
+    """Relation distillation of semantic prototypes (docs/algorithm.md §6.6; ``disLoss`` before its x10).
 
     Args:
         student: S_p (B, K, C).
@@ -129,7 +129,7 @@ def semantic_distillation(student: Tensor, teacher: Tensor, tau: float = 15.0, e
 
 
 def spatial_distillation(student: Tensor, teacher: Tensor) -> Tensor:
-    """Channel-softmax CE between spatial prototypes (spec §6.7; ``pos_disLoss`` before its x0.4).
+    """Channel-softmax CE between spatial prototypes (docs/algorithm.md §6.7; ``pos_disLoss`` before its x0.4).
 
     Args:
         student: P_p (B, K, C). teacher: P̂_p (B, K, C), already detached by the caller.

@@ -8,7 +8,7 @@ Three numbers are reported because they answer different questions:
   ``matmul``/``bmm``/``einsum``, ``F.interpolate``, softmax, GELU/Hardswish/Sigmoid, attention
   written with ``nn.MultiheadAttention`` or any module whose type is not in the table
   (``nn.SyncBatchNorm`` included), so it understates attention models and the SSA classifier
-  (spec §14 Q17).
+  (docs/algorithm.md Q17).
 * :func:`true_gflops` runs ``torch.utils.flop_counter.FlopCounterMode``: every matmul and
   convolution, SSA's own included, counted as 2 FLOPs per multiply-add. Element-wise work
   (norms, activations, softmax, interpolation) is not counted by it.
@@ -337,7 +337,7 @@ class ParamCount:
     * ``inference``: after ``deploy()`` (no auxiliary heads, no teacher).
     * ``readme``: as built, less the classifier's train-only modules: auxiliary heads
       included, SSA teacher projections excluded. The SSA-Seg README's counts follow this
-      convention (spec §15.4 item 5; e.g. UperNet Swin-T 59.94 M + 1.13 M = 61.1 M).
+      convention (docs/algorithm.md §15.4 item 5; e.g. UperNet Swin-T 59.94 M + 1.13 M = 61.1 M).
     """
 
     train: int

@@ -44,14 +44,14 @@ class PaperFigure:
 PAPER_CLASSIFIER = "ssa"
 BASELINE_CLASSIFIER = "linear"
 
-#: The SSA-Seg README's +SSA rows (spec §15.1). Latency: mmseg benchmark, GPU unstated.
+#: The SSA-Seg README's +SSA rows (docs/algorithm.md §15.1). Latency: mmseg benchmark, GPU unstated.
 PAPER_FIGURES: dict[str, PaperFigure] = {
     "ocrnet_hrnet_w48": PaperFigure(8.7, 165.0, 69.3),
     "upernet_swin_t": PaperFigure(61.1, 236.3, 54.3),
     "segformer_b5": PaperFigure(82.3, 52.6, 70.1),
     "upernet_swin_l": PaperFigure(234.9, 405.2, 107.3),
     "upernet_vit_adapter_l": PaperFigure(364.9, 616.3, 284.9),
-    "afformer_b": PaperFigure(3.3, 4.4, 26.0, syncbn=False),  # plain nn.BatchNorm2d (spec §11.1)
+    "afformer_b": PaperFigure(3.3, 4.4, 26.0, syncbn=False),  # plain nn.BatchNorm2d (docs/algorithm.md §11.1)
     "seaformer_b": PaperFigure(8.8, 1.8, 27.3),
     "segnext_t": PaperFigure(4.6, 6.3, 23.3),
     "seaformer_l": PaperFigure(14.2, 6.4, 29.9),
@@ -59,8 +59,8 @@ PAPER_FIGURES: dict[str, PaperFigure] = {
     "cgrseg_l": PaperFigure(35.8, 14.8, 42.6),
 }
 
-#: Linear-classifier baselines with a trusted mmcv-1.x figure at 512x512 (ecosystem notes §E:
-#: mmcv 1.7.2 on faithful re-implementations of the mmseg configs, SyncBN norms uncounted).
+#: Linear-classifier baselines with a trusted mmcv-1.x figure at 512x512 (mmcv 1.7.2's
+#: ``get_flops`` on faithful re-implementations of the mmseg configs, SyncBN norms uncounted).
 BASELINE_FIGURES: dict[str, PaperFigure] = {
     "segformer_b5": PaperFigure(82.01, 52.45, None, "mmcv 1.7.2 get_flops, mmseg config"),
     "segnext_t": PaperFigure(4.26, 6.20, None, "mmcv 1.7.2 get_flops, mmseg config"),

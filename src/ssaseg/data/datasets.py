@@ -365,7 +365,7 @@ def build_dataset(data_cfg: dict[str, Any], split: str, train: bool) -> SegDatas
 
     ``train=True`` applies :class:`TrainPipeline` (and wraps in :class:`RepeatDataset` when
     ``data_cfg["repeat"] > 1``), ``train=False`` :class:`TestPipeline`. Missing keys take the
-    dataset's defaults (spec §10.1).
+    dataset's defaults (docs/algorithm.md §10.1).
     """
     name = data_cfg.get("dataset") or "ade20k"
     if name not in DATASETS:

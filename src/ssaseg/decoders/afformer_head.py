@@ -5,7 +5,7 @@ level (AFFormer-B: level 3, 216 channels at 1/8) -> ``F (B, 256, H/8, W/8)``. Dr
 ``conv_seg`` belong to the classifier.
 
 The official head also builds an ``align`` ConvModule (256 -> 256, GN) that its ``forward`` never
-calls (spec §14 Q19; 66,048 parameters, the reason for ``find_unused_parameters=True`` in the
+calls (docs/algorithm.md Q19; 66,048 parameters, the reason for ``find_unused_parameters=True`` in the
 official configs). It is omitted here; the ``afformer`` key converter registered in
 :mod:`ssaseg.zoo.afformer` drops the ``decode_head.align.*`` keys of official checkpoints.
 """

@@ -1,6 +1,6 @@
 """CGRSeg decoder ("Context-Guided Spatial Feature Reconstruction for Efficient Semantic
 Segmentation", Ni et al., ECCV 2024; official head ``CGRSeg`` in nizhenliang/CGRSeg, SSA
-variant ``CGRSeg_ssa``; spec §7, §10.9).
+variant ``CGRSeg_ssa``; docs/algorithm.md §7, §10.9).
 
 Decoder (:class:`CGRDecoder`), on backbone levels ``in_index`` (1/8, 1/16, 1/32):
 
@@ -23,7 +23,7 @@ driven by attention pooling over the class vectors) gates ``x``, and the *same* 
 classifies ``lgc(x) + x``. Since that stage is a classifier, ssaseg implements it as
 :class:`ssaseg.classifiers.cgr.CGRClassifier` (the ``classifier="linear"`` head of ``cgrseg_*``):
 the decoder then stops at ``x`` (``linear_fuse=False``) and the classifier owns ``linear_fuse``,
-``conv_seg`` and ``lgc``. The SSA variant drops the second stage (spec §14 Q20): the decoder ends with
+``conv_seg`` and ``lgc``. The SSA variant drops the second stage (docs/algorithm.md Q20): the decoder ends with
 ``linear_fuse`` and SSA classifies ``F``. The official ``spatial_gather_module`` has no
 parameters; the unused one of the SSA head is not built.
 

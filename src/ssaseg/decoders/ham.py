@@ -3,7 +3,7 @@
 Module names follow mmseg (``squeeze``, ``hamburger.ham_in``, ``hamburger.ham_out``, ``align``), so
 official ``decode_head.*`` weights map onto ``decoder.*`` unchanged.
 
-Randomness (spec §10.6, Q22): in training the NMF bases are drawn afresh on every forward, as in
+Randomness (docs/algorithm.md §10.6, Q22): in training the NMF bases are drawn afresh on every forward, as in
 the reference. At test time the reference draws them afresh too, so its predictions change from
 call to call; ssaseg's default is deterministic evaluation instead:
 

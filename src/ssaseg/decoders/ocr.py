@@ -73,7 +73,7 @@ class OCRDecoder(nn.Module):
         channels: C, the output channels (512).
         ocr_channels: key/query/value width of the object attention (256).
         in_index: backbone levels to read.
-        scale: softmax scale of the spatial gather; only 1 is supported (spec Q23: mmseg's
+        scale: softmax scale of the spatial gather; only 1 is supported (docs/algorithm.md Q23: mmseg's
             ``scale > 1`` path is broken and never used).
         norm: "bn" (SyncBN in the mmseg configs).
         align_corners: flag of the resize-concat.
@@ -96,7 +96,7 @@ class OCRDecoder(nn.Module):
     ) -> None:
         super().__init__()
         if scale != 1:
-            raise ValueError(f"OCRDecoder supports only scale=1 (spec Q23), got scale={scale}")
+            raise ValueError(f"OCRDecoder supports only scale=1 (docs/algorithm.md Q23), got scale={scale}")
         in_index = list(range(len(in_channels))) if in_index is None else list(in_index)
         if len(in_index) != len(in_channels):
             raise ValueError(f"in_index {in_index} and in_channels {in_channels} must have the same length")

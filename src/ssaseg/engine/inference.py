@@ -1,4 +1,4 @@
-"""Test-time inference with mmseg 0.30 semantics (spec §8).
+"""Test-time inference with mmseg 0.30 semantics (docs/algorithm.md §8).
 
 * whole: ``model(image)`` gives logits at the input size; they are resized (bilinear,
   align_corners False) to the original image size, then softmaxed.

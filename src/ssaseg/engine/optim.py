@@ -1,4 +1,4 @@
-"""Optimiser construction and the poly learning-rate schedule (mmcv semantics, spec §10.1).
+"""Optimiser construction and the poly learning-rate schedule (mmcv semantics, docs/algorithm.md §10.1).
 
 * :func:`match_param_rule` / :func:`build_param_groups`: mmcv ``paramwise_cfg.custom_keys``.
   Keys are tried longest first (ties alphabetical); the first key that is a substring of the

@@ -1,4 +1,4 @@
-"""AFFormer-B: AFFormer backbone + the "head-free" CLS decoder (spec §7, §10.8, §11.1).
+"""AFFormer-B: AFFormer backbone + the "head-free" CLS decoder (docs/algorithm.md §7, §10.8, §11.1).
 
 Entry point ``afformer_b`` (architecture arguments :class:`AFFormerArgs`, values
 :data:`AFFORMER_B`). The decoder is one 1x1 ConvModule (GN, ReLU) on the 216-channel
@@ -15,7 +15,7 @@ baseline (``classifier="linear"``)      2,937,906    3.0 M
 =====================================  ===========  ==================
 
 The paper figures include the official head's never-called ``align`` ConvModule (256 -> 256 +
-GN, 66,048 parameters; spec §14 Q19): 2,937,906 + 66,048 = 3,003,954 (3.0 M) and
+GN, 66,048 parameters; docs/algorithm.md Q19): 2,937,906 + 66,048 = 3,003,954 (3.0 M) and
 3,241,522 + 66,048 = 3,307,570 (3.3 M). ssaseg does not build that module; the ``afformer``
 key converter below drops its ``decode_head.align.*`` keys from official checkpoints.
 
@@ -87,7 +87,7 @@ AFFORMER_B = AFFormerArgs()
 
 @register_key_converter("afformer")
 def convert_afformer_official(state_dict: StateDict) -> StateDict:
-    """Drop the unused ``align`` module of the official CLS / CLS_ssa head (spec §14 Q19).
+    """Drop the unused ``align`` module of the official CLS / CLS_ssa head (docs/algorithm.md Q19).
 
     Runs after :func:`ssaseg.checkpoints.convert_official_state_dict`, which has already mapped
     ``decode_head.align.*`` to ``decoder.align.*``; every other key keeps its name.

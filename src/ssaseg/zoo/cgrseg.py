@@ -1,11 +1,11 @@
-"""CGRSeg-B / CGRSeg-L: EfficientFormerV2-S2 / -L + the CGRSeg decoder (spec §7, §10.9, §11.1).
+"""CGRSeg-B / CGRSeg-L: EfficientFormerV2-S2 / -L + the CGRSeg decoder (docs/algorithm.md §7, §10.9, §11.1).
 
 Entry points ``cgrseg_b`` and ``cgrseg_l`` (architecture arguments :class:`CGRSegArgs`, values
 :data:`CGRSEG_B`, :data:`CGRSEG_L`). The two classifiers are not interchangeable heads on
 the same decoder output, because the official CGRSeg baseline classifies in two stages:
 
 * ``classifier="ssa"`` (the paper's ``CGRSeg_ssa``): the decoder ends with ``linear_fuse`` and the
-  SSA classifier classifies ``F``; the baseline's second stage is dropped (spec §14 Q20).
+  SSA classifier classifies ``F``; the baseline's second stage is dropped (docs/algorithm.md Q20).
 * ``classifier="linear"`` (the official ``CGRSeg`` baseline): the decoder stops before
   ``linear_fuse`` and :class:`~ssaseg.classifiers.cgr.CGRClassifier` runs the official two-stage
   classifier (coarse logits -> class contexts -> dynamic-prototype gate ``lgc`` -> the same
@@ -26,7 +26,7 @@ paper, baseline (CGRSeg)     18.1 M      /  7.6 G        35.7 M      / 14.9 G
 ==========================  ==========================  ==========================
 
 * The +SSA parameter counts match the SSA README exactly. SSA changes the head by ``-lgc
-  (132,353) + 4C^2 + 12C + KC (303,616) = +171,263`` at C = 256, K = 150, as spec §15.4 item 4
+  (132,353) + 4C^2 + 12C + KC (303,616) = +171,263`` at C = 256, K = 150, as docs/algorithm.md §15.4 item 4
   predicts; but the premise there (a ~18 M baseline) does not hold for the released config:
   with ``next_repeat=6`` (the CGRSeg release's own config and SSA's) the CGRSeg-B baseline has
   19.11 M parameters. The CGRSeg README's 18.1 M is what ``next_repeat=5`` gives (18,109,975
@@ -116,7 +116,7 @@ class CGRSegArgs:
     align_corners: bool = False
 
 
-# Backbones EfficientFormerV2-S2 / -L and the decoder values of spec §10.9.
+# Backbones EfficientFormerV2-S2 / -L and the decoder values of docs/algorithm.md §10.9.
 CGRSEG_B = CGRSegArgs(**EFFICIENTFORMER_V2_ARCHS["S2"], dw_size=11, neck_size=11, next_repeat=6)
 CGRSEG_L = CGRSegArgs(**EFFICIENTFORMER_V2_ARCHS["L"], dw_size=9, neck_size=9, next_repeat=5)
 

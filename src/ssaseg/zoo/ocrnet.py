@@ -1,4 +1,4 @@
-"""OCRNet with an HRNetV2 backbone: a two-stage cascade (spec §6.8, §8, §10.5).
+"""OCRNet with an HRNetV2 backbone: a two-stage cascade (docs/algorithm.md §6.8, §8, §10.5).
 
 Stage 0 is an FCN head (one 1x1 ConvModule on the resize-concat of the four HRNet branches,
 no dropout, CE x0.4) held in ``aux_heads[0]``; its logits feed the OCR decoder (stage 1), whose

@@ -1,4 +1,4 @@
-"""SeaFormer-B / -L with the LightHead decoder (spec §7, §10.7, §11.1).
+"""SeaFormer-B / -L with the LightHead decoder (docs/algorithm.md §7, §10.7, §11.1).
 
 F is the LightHead's depthwise ``linear_fuse`` output at 1/8 (160 channels for B, 192 for L);
 the classifier applies Dropout2d(0.1) before its 1x1 ``conv_seg``. No auxiliary head. Entry points

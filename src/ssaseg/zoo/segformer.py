@@ -1,4 +1,4 @@
-"""SegFormer: MiT backbone + All-MLP decoder (spec §7, §10.4; notes/ecosystem.md §D, §E).
+"""SegFormer: MiT backbone + All-MLP decoder (docs/algorithm.md §7, §10.4).
 
 Entry points ``segformer_b0`` ... ``segformer_b5``: architecture arguments :class:`SegFormerArgs`,
 one instance per variant (:data:`SEGFORMER_B0` ...) with mmseg's configs: decoder channels 256 for

@@ -1,4 +1,4 @@
-"""SegNeXt: MSCAN backbone + LightHamHead decoder (spec §7, §10.6, §11.1).
+"""SegNeXt: MSCAN backbone + LightHamHead decoder (docs/algorithm.md §7, §10.6, §11.1).
 
 Entry points ``segnext_t``, ``segnext_s``, ``segnext_b``, ``segnext_l``: the architecture arguments
 are :class:`SegNeXtArgs`, one instance per variant (:data:`SEGNEXT_T` ...) with mmseg's / the SSA

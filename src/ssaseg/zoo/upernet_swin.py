@@ -1,4 +1,4 @@
-"""UperNet + Swin-T/B/L with the FCN auxiliary head (spec §6.8, §7, §10.2).
+"""UperNet + Swin-T/B/L with the FCN auxiliary head (docs/algorithm.md §6.8, §7, §10.2).
 
 Entry points ``upernet_swin_t``, ``upernet_swin_b``, ``upernet_swin_l``: architecture arguments
 :class:`UPerNetSwinArgs`, one instance per variant (:data:`UPERNET_SWIN_T` ...) with mmseg's

@@ -1,4 +1,4 @@
-"""UperNet + ViT-Adapter-L (spec §10.3): ViT-L/16 + adapter, UPerHead C 512, FCN aux head.
+"""UperNet + ViT-Adapter-L (docs/algorithm.md §10.3): ViT-L/16 + adapter, UPerHead C 512, FCN aux head.
 
 Entry point ``upernet_vit_adapter_l``; architecture arguments :class:`UPerNetViTAdapterArgs`, values
 :data:`UPERNET_VIT_ADAPTER_L`: the ViT-Adapter configs' backbone arguments
