@@ -139,7 +139,9 @@ class ModelConfig:
     num_classes: int | None = setting(None, "K, the number of classes", check=POSITIVE, required=True)
     kwargs: dict[str, Any] = setting({}, "architecture kwargs for `create_model` (e.g. `drop_path_rate: 0.1`)")
     classifier_kwargs: dict[str, Any] = setting({}, "classifier constant overrides (SSA: tau, loss weights, ...)")
-    backbone_weights: str | None = setting(None, "a backbone checkpoint in its published layout")
+    backbone_weights: str | None = setting(
+        None, "published backbone weights: a tag (`imagenet`, downloaded into `$SSASEG_CACHE`) or a local file"
+    )
     checkpoint: str | None = setting(None, "a full-model checkpoint (ssaseg or official layout)")
     sync_bn: bool = setting(True, "BatchNorm -> SyncBatchNorm when the world size is > 1")
 
