@@ -140,3 +140,19 @@ def toy_config(work_dir: str, **sections) -> dict:
     )
     cfg = merge_config(cfg, sections)
     return validate_config(cfg, "toy config")
+
+
+#: A two-iteration CLI config of the engine_toy model on the demo data (``.format(cache=...)``).
+TINY_CLI_CONFIG = """\
+model: {{name: engine_toy, classifier: linear, num_classes: 14, sync_bn: false}}
+data:
+  dataset: demo
+  root: {cache}
+  reduce_zero_label: false
+  batch_size: 2
+  num_workers: 0
+  train_pipeline: {{scale: [64, 64], crop_size: [64, 64]}}
+  test_pipeline: {{scale: [64, 64], resize_to_multiple: 32}}
+schedule: {{max_iters: 2, warmup_iters: 1}}
+train: {{eval_interval: 0, checkpoint_interval: 0, log_interval: 1, amp: "off"}}
+"""

@@ -4,36 +4,18 @@ import pytest
 import torch
 from PIL import Image
 
-import _engine_fakes  # noqa: F401  (registers engine_toy)
+from _engine_fakes import TINY_CLI_CONFIG  # importing _engine_fakes registers engine_toy
 from ssaseg.cli import run
 
-TINY = """\
-model: {{name: engine_toy, classifier: linear, num_classes: 14, sync_bn: false}}
-data:
-  dataset: demo
-  root: {cache}
-  reduce_zero_label: false
-  batch_size: 2
-  num_workers: 0
-  train_pipeline: {{scale: [64, 64], crop_size: [64, 64]}}
-  test_pipeline: {{scale: [64, 64], resize_to_multiple: 32}}
-schedule: {{max_iters: 2, warmup_iters: 1}}
-train: {{eval_interval: 0, checkpoint_interval: 0, log_interval: 1, amp: "off"}}
-"""
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture()
 def tiny_cfg(tmp_path):
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY.format(cache=tmp_path / "cache"))
+    path.write_text(TINY_CLI_CONFIG.format(cache=tmp_path / "cache"))
     return path
 
 
@@ -89,7 +71,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path, tiny_cfg, capsys):
     assert "optimizer.lr" in err and "did you mean" in err
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text(TINY.format(cache=tmp_path / "cache").replace("batch_size: 2", "batch_sise: 2"))
+    bad.write_text(TINY_CLI_CONFIG.format(cache=tmp_path / "cache").replace("batch_size: 2", "batch_sise: 2"))
     assert run(["train", str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "data.batch_size" in err

@@ -5,7 +5,6 @@ import json
 import statistics
 
 import pytest
-import torch
 
 from ssaseg.cli import run
 from ssaseg.engine import compare
@@ -14,13 +13,12 @@ from ssaseg.engine.compare import RunSummary, run_compare
 CLASSES = ("background", "brick")
 
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
 @pytest.fixture(autouse=True)
-def one_thread(monkeypatch, tmp_path):
+def demo_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("SSASEG_CACHE", str(tmp_path / "cache"))
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _fake_train(cfg, device, progress):

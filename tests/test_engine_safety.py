@@ -16,12 +16,7 @@ from ssaseg.engine.resume import RESUME_SAFE_KEYS, ResumeError, config_differenc
 from ssaseg.engine.state import load_training_checkpoint, nonfinite_tensors
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _run(cfg, resume=None, **kw):

@@ -12,13 +12,7 @@ from ssaseg.engine import train
 from ssaseg.engine.state import load_training_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The tests run on a few shared cores; OpenMP spinning with >1 thread is much slower there.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _run(cfg, resume=None, **kw):

@@ -10,30 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-import _engine_fakes  # noqa: F401  (registers engine_toy, engine_toy_diverging)
+from _engine_fakes import TINY_CLI_CONFIG  # importing _engine_fakes registers engine_toy, engine_toy_diverging
 from ssaseg.cli import run
 
-TINY = """\
-model: {{name: engine_toy, classifier: linear, num_classes: 14, sync_bn: false}}
-data:
-  dataset: demo
-  root: {cache}
-  reduce_zero_label: false
-  batch_size: 2
-  num_workers: 0
-  train_pipeline: {{scale: [64, 64], crop_size: [64, 64]}}
-  test_pipeline: {{scale: [64, 64], resize_to_multiple: 32}}
-schedule: {{max_iters: 2, warmup_iters: 1}}
-train: {{eval_interval: 0, checkpoint_interval: 0, log_interval: 1, amp: "off"}}
-"""
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +26,7 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("contract")
     ensure_demo_dataset(root / "cache")
     cfg = root / "tiny.yaml"
-    cfg.write_text(TINY.format(cache=root / "cache"))
+    cfg.write_text(TINY_CLI_CONFIG.format(cache=root / "cache"))
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -17,12 +17,7 @@ from ssaseg.cli import run
 KINDS = {"ssa": SSAClassifier, "cac": CACClassifier, "linear": LinearClassifier}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _batch(num_classes: int, size: int = 64, batch: int = 2):

@@ -17,12 +17,7 @@ from ssaseg.engine.state import atomic_torch_save
 from ssaseg.engine.workdir import WorkDir, WorkDirError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _run(cfg, resume=None, **kw):
