@@ -1,6 +1,6 @@
 """Training-step and inference time of every registered classifier relative to the linear one.
 
-Setting (issue: core): B = 2, C = 256, K = 150, 64x64 features, 512x512 labels with 12 classes
+Setting: B = 2, C = 256, K = 150, 64x64 features, 512x512 labels with 12 classes
 per image and an ignore band. All classifiers of ``ssaseg.classifiers.CLASSIFIERS`` are timed in
 the same run, interleaved, and the median of ``--runs`` repetitions is reported with the ratio
 to the linear baseline.
