@@ -15,6 +15,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from .linear import cls_seg
 from .losses import check_target, reduce_cross_entropy, upsampled_stats
 from .ssa import (
     _full_precision,
@@ -92,11 +93,8 @@ class CACClassifier(nn.Module):
         self.main_align_corners = main_align_corners
         self.loss_align_corners = loss_align_corners
 
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        # Fixed prototypes S = conv_seg.weight; mmseg's head init N(0, 0.01), bias 0.
-        self.conv_seg = nn.Conv2d(in_channels, num_classes, kernel_size=1)
-        nn.init.normal_(self.conv_seg.weight, mean=0.0, std=0.01)
-        nn.init.zeros_(self.conv_seg.bias)
+        # Fixed prototypes S = conv_seg.weight (mmseg's head init).
+        self.dropout, self.conv_seg = cls_seg(in_channels, num_classes, dropout)
         # The MLPs keep PyTorch's default init, as the reference.
         self.semantic_proj = prototype_mlp(in_channels)
         self.teacher_semantic_proj = prototype_mlp(in_channels)

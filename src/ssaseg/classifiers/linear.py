@@ -6,6 +6,15 @@ from torch import Tensor, nn
 from .losses import check_target, reduce_cross_entropy, upsampled_stats
 
 
+def cls_seg(in_channels: int, num_classes: int, dropout: float) -> tuple[nn.Module, nn.Conv2d]:
+    """mmseg's ``cls_seg``: Dropout2d (Identity when ``dropout`` is 0) and the 1x1 conv with its
+    head init N(0, 0.01), bias 0. SSA and CAC read the conv's weight as the fixed prototypes S."""
+    conv = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+    nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(conv.bias)
+    return (nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()), conv
+
+
 class LinearClassifier(nn.Module):
     """Fixed-prototype 1x1 classifier.
 
@@ -36,10 +45,7 @@ class LinearClassifier(nn.Module):
         self.ignore_index = ignore_index
         self.loss_weight = loss_weight
         self.align_corners = align_corners
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.conv_seg = nn.Conv2d(in_channels, num_classes, kernel_size=1)
-        nn.init.normal_(self.conv_seg.weight, mean=0.0, std=0.01)
-        nn.init.zeros_(self.conv_seg.bias)
+        self.dropout, self.conv_seg = cls_seg(in_channels, num_classes, dropout)
 
     def forward(self, feat: Tensor, target: Tensor | None = None):
         logits = self.conv_seg(self.dropout(feat))

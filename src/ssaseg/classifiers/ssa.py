@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .boundary import boundary_mask
+from .linear import cls_seg
 from .losses import check_target, reduce_cross_entropy, upsampled_stats
 from .ssa_losses import dice_loss, response_distillation, semantic_distillation, spatial_distillation
 
@@ -165,11 +166,8 @@ class SSAClassifier(nn.Module):
         self.dice_mask_ignore = dice_mask_ignore
 
         c = in_channels
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        # Fixed prototypes S = conv_seg.weight; mmseg's head init N(0, 0.01), bias 0.
-        self.conv_seg = nn.Conv2d(c, num_classes, kernel_size=1)
-        nn.init.normal_(self.conv_seg.weight, mean=0.0, std=0.01)
-        nn.init.zeros_(self.conv_seg.bias)
+        # Fixed prototypes S = conv_seg.weight (mmseg's head init).
+        self.dropout, self.conv_seg = cls_seg(c, num_classes, dropout)
         # The remaining modules keep PyTorch's default init: it is part of the recipe (Q26).
         self.position_encoder = nn.Conv2d(c, c, kernel_size=3, padding=1, groups=c)
         self.class_position = nn.Embedding(num_classes, c)
