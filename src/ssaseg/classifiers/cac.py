@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .linear import cls_seg
-from .losses import check_target, reduce_cross_entropy, upsampled_stats
+from .losses import PixelLabels, Scored, UpsampledStats, check_target, pixel_labels, reduce_cross_entropy, upsampled_stats
 from .ssa import (
     _full_precision,
     call_in_full_precision,
@@ -149,20 +149,29 @@ class CACClassifier(nn.Module):
         small = legacy_nearest_downsample(target, feat.shape[-2:])
         teacher_logits = self.teacher(feat, small)
 
-        def ce(x: Tensor, align_corners: bool, all_pixels: bool, bound: float | None) -> Tensor:
-            stats = upsampled_stats(x, target, self.ignore_index, align_corners, logit_bound=bound)
-            return reduce_cross_entropy(stats, all_pixels=all_pixels)
-
+        labels = pixel_labels(target, self.num_classes, self.ignore_index, feat.dtype)
         # Student and oracle logits are τ-scaled cosines (|logits| <= |τ|); the coarse ones are not.
+        student, teacher, coarse_stats = self._upsampled_stats(logits, teacher_logits, coarse, labels)
         raw = {
-            "ce": ce(logits, self.main_align_corners, self.main_ce_all_pixels, self.tau),
-            "ce_coarse": ce(coarse, self.loss_align_corners, False, None),
-            "ce_teacher": ce(teacher_logits, self.loss_align_corners, False, self.tau),
+            "ce": reduce_cross_entropy(student, all_pixels=self.main_ce_all_pixels),
+            "ce_coarse": reduce_cross_entropy(coarse_stats, all_pixels=False),
+            "ce_teacher": reduce_cross_entropy(teacher, all_pixels=False),
             "kd_response": response_distillation(
                 logits, teacher_logits.detach(), small, None, self.smoothness, self.ignore_index, self.eps
             ),
         }
         return {name: self.loss_weights[name] * value for name, value in raw.items()}
+
+    def _upsampled_stats(
+        self, logits: Tensor, teacher_logits: Tensor, coarse: Tensor, labels: PixelLabels
+    ) -> list[UpsampledStats]:
+        """CE statistics of the student, oracle and coarse logits, in one pass over the label rows
+        when the student's loss interpolates like the others (two passes otherwise)."""
+        student, teacher = Scored(logits, logit_bound=self.tau), Scored(teacher_logits, logit_bound=self.tau)
+        if self.main_align_corners == self.loss_align_corners:
+            return upsampled_stats([student, teacher, Scored(coarse)], labels, self.loss_align_corners)
+        (main,) = upsampled_stats([student], labels, self.main_align_corners)
+        return [main, *upsampled_stats([teacher, Scored(coarse)], labels, self.loss_align_corners)]
 
     def deploy(self) -> "CACClassifier":
         """Drop the train-only oracle MLP: -(1.5C² + C) parameters. Inference is unchanged."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .losses import check_target, reduce_cross_entropy, upsampled_stats
+from .losses import Scored, check_target, pixel_labels, reduce_cross_entropy, upsampled_stats
 
 
 def cls_seg(in_channels: int, num_classes: int, dropout: float) -> tuple[nn.Module, nn.Conv2d]:
@@ -54,7 +54,8 @@ class LinearClassifier(nn.Module):
         if target is None:
             raise ValueError("LinearClassifier in train mode needs target (B, H, W)")
         check_target(target, self.num_classes, self.ignore_index)
-        stats = upsampled_stats(logits.float(), target, self.ignore_index, self.align_corners)
+        labels = pixel_labels(target, self.num_classes, self.ignore_index)
+        (stats,) = upsampled_stats([Scored(logits.float())], labels, self.align_corners)
         ce = reduce_cross_entropy(stats, all_pixels=True)
         return logits, {"ce": self.loss_weight * ce}
 

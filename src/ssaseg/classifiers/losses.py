@@ -2,41 +2,46 @@
 (docs/algorithm.md §6.1-6.3, §6.5, §6.11, Q6, Q7), without ever building the (B, K, H, W) upsampled logits.
 
 Upsampled logits are (B, K, H, W) — 78.6 M floats for B = 2, K = 150 at 512². Every loss that
-needs them is a sum over pixels, so the losses only need:
+needs them is a sum over pixels, so the losses only need, per image:
 
-* the log-sum-exp of every pixel, summed over the valid pixels of each image (B,);
-* the sigmoid of every (pixel, class), summed over the pixels of each image (B, K) (dice);
-* the upsampled logit of each pixel's own class (B, H, W), which is a 4-corner gather.
+* the cross-entropy summed over the valid pixels (B,);
+* the sigmoid of every (pixel, class) summed over the pixels (B, K) (dice);
+* the sigmoid of each valid pixel's own class summed per class (B, K) (the dice intersection).
 
-Bilinear upsampling is separable with two non-zeros per output row and column. The columns are
-upsampled once to ``(h, B, W, K)`` (classes last, so the reductions over K are contiguous); then,
-band by band over the label rows, a band's logits are formed by a thin (rows x 2..3) matmul, and
-the log-sum-exp, the sigmoid sums *and their gradients* are computed while the band is in
-cache. The gradients are scattered back to low-resolution rows at once, so the backward is one
-multiply-add of two low-resolution tensors: nothing is recomputed and autograd saves only
-``(B, K, h, w)`` tensors. The gradient is exact for any incoming gradient because both sums are
-linear in per-image (B,) or per-(image, class) (B, K) coefficients.
+Bilinear upsampling is separable with two non-zeros per output row and column. The label rows are
+processed in bands small enough to stay in the per-core cache: a band's few low-resolution input
+rows are upsampled along the columns (PyTorch's own 1-D bilinear kernel), the band's rows are formed
+by a thin (rows x 2..3) matmul, and the log-sum-exp, the sigmoid sums *and their gradients* are
+computed on the band. Each band's gradient goes back through the same two steps transposed
+(``upsample_bilinear2d_backward`` for the columns) into a low-resolution accumulator, so the
+backward is one multiply-add of low-resolution tensors: nothing is recomputed, nothing larger than a
+band is ever allocated, and autograd saves only ``(B, K, h, w)`` tensors. The gradient is exact for
+any incoming gradient because every output is a sum with per-image (B,) or per-(image, class)
+(B, K) coefficients.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-#: Elements (rows x B x W x K) per band. On CPU 2^21 (8 MB in fp32, ~13 label rows at B = 2,
-#: K = 150, 512²) stays in the last-level cache while keeping the op count low: every op is an
-#: OpenMP region, and on a busy machine each region can cost a scheduler slice (measured ~6 ms per
-#: 1-row op under load; single-thread CPU time was flat from 4 to 16 rows). On a GPU 2^24 keeps
-#: launches few and buffers small.
+#: Elements (rows x B x W x K) per band. On CPU 2^19 (2 MB in fp32, ~3 label rows at B = 2,
+#: K = 150, 512²) keeps a band in the per-core L2 cache, where elementwise ops ran ~1.5x faster
+#: than at 2^21 (benchmarks/classifier_overhead.py); fewer, larger bands would save per-op
+#: dispatch. On a GPU 2^24 keeps launches few and buffers small.
 _BAND_ELEMENTS = {"cpu": 1 << 21}
 _DEFAULT_BAND_ELEMENTS = 1 << 24
 #: Below this bound on |logits|, exp() needs no max shift in fp32 (e^60 · K stays far from
 #: overflow, e^-60 far from underflow), which saves a max and a subtraction per element.
 _SHIFT_FREE_BOUND = 60.0
+#: Input rows the sliding window holds beyond what one band reads.
+_WINDOW_SLACK = 8
 
 
 def _axis_tables(out_size: int, in_size: int, align_corners: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -54,32 +59,25 @@ def _axis_tables(out_size: int, in_size: int, align_corners: bool) -> tuple[Tens
     return i0, i1, src - i0
 
 
-def _dense(i0: Tensor, i1: Tensor, lam: Tensor, in_size: int) -> Tensor:
-    """The (out, in) interpolation matrix with two non-zeros per row."""
-    rows = torch.arange(len(i0))
-    matrix = torch.zeros(len(i0), in_size, dtype=torch.float64)
-    matrix.index_put_((rows, i0), 1.0 - lam, accumulate=True)
-    matrix.index_put_((rows, i1), lam, accumulate=True)
-    return matrix
-
-
 @dataclass(frozen=True)
 class BilinearPlan:
     """Everything needed to upsample (h, w) -> (H, W) bilinearly, on one device and dtype.
 
-    rows (H, h) and cols (W, w) are the dense interpolation matrices; row_index/col_index (2, H)
-    and (2, W) and row_weight/col_weight are the two taps per output row/column (for gathers);
-    bands holds, per band of output rows, (first row, end row, first input row, end input row)
-    as host integers, so slicing needs no device round-trip.
+    row_index/col_index (2, H) and (2, W) and row_weight/col_weight hold the two taps per output
+    row/column; bands holds, per band of output rows, (first row, end row, first input row, end
+    input row) as host integers, so slicing needs no device round-trip, and band_rows the band's
+    block of the row-interpolation matrix, contiguous, with its transpose.
     """
 
-    rows: Tensor
-    cols: Tensor
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    align_corners: bool
     row_index: Tensor
     row_weight: Tensor
     col_index: Tensor
     col_weight: Tensor
     bands: tuple[tuple[int, int, int, int], ...]
+    band_rows: tuple[tuple[Tensor, Tensor], ...]
 
 
 @functools.lru_cache(maxsize=32)
@@ -95,6 +93,9 @@ def bilinear_plan(
     (h, w), (big_h, big_w) = in_size, out_size
     r0, r1, rl = _axis_tables(big_h, h, align_corners)
     c0, c1, cl = _axis_tables(big_w, w, align_corners)
+    rows = torch.zeros(big_h, h, dtype=torch.float64)  # two non-zeros per row
+    rows.index_put_((torch.arange(big_h), r0), 1.0 - rl, accumulate=True)
+    rows.index_put_((torch.arange(big_h), r1), rl, accumulate=True)
     bands = []
     for start in range(0, big_h, band_rows):
         end = min(start + band_rows, big_h)
@@ -104,13 +105,18 @@ def bilinear_plan(
         return x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
 
     return BilinearPlan(
-        rows=dev(_dense(r0, r1, rl, h)),
-        cols=dev(_dense(c0, c1, cl, w)),
+        in_size=(h, w),
+        out_size=(big_h, big_w),
+        align_corners=align_corners,
         row_index=dev(torch.stack([r0, r1])),
         row_weight=dev(torch.stack([1.0 - rl, rl])),
         col_index=dev(torch.stack([c0, c1])),
         col_weight=dev(torch.stack([1.0 - cl, cl])),
         bands=tuple(bands),
+        band_rows=tuple(
+            (dev(rows[start:end, lo:hi]).contiguous(), dev(rows[start:end, lo:hi].t()).contiguous())
+            for start, end, lo, hi in bands
+        ),
     )
 
 
@@ -124,110 +130,191 @@ def plan_for(logits: Tensor, out_size: tuple[int, int], align_corners: bool) -> 
     )
 
 
-def upsampled_own_logit(logits: Tensor, index: Tensor, plan: BilinearPlan) -> Tensor:
-    """``bilinear(logits)[b, index[b,p], p]`` as a 4-corner gather (differentiable by autograd).
+class PixelLabels(NamedTuple):
+    """Labels (B,H,W) in the layout the banded losses read (label rows outermost), built once by
+    :func:`pixel_labels` and shared by every logits tensor scored against them."""
 
-    logits (B,K,h,w), index (B,H,W) long in [0, K) -> (B,H,W).
-    """
-    image = torch.arange(logits.shape[0], device=logits.device)[:, None, None]
-    out = None
-    for row_tap in range(2):
-        row = plan.row_index[row_tap][None, :, None]
-        row_weight = plan.row_weight[row_tap][None, :, None]
-        for col_tap in range(2):
-            col = plan.col_index[col_tap][None, None, :]
-            term = logits[image, index, row, col] * (row_weight * plan.col_weight[col_tap][None, None, :])
-            out = term if out is None else out + term
-    return out
+    index: Tensor  # (H,B,W) long: the pixel's class, 0 where ignored
+    weight: Tensor  # (H,B,W) float: 1 for valid pixels, 0 for ignored ones
+    class_count: Tensor  # (B,K) float: valid pixels per class
+    num_pixels: int  # B·H·W, ignored pixels included
+
+
+def pixel_labels(target: Tensor, num_classes: int, ignore_index: int = 255, dtype: torch.dtype = torch.float32) -> PixelLabels:
+    """:class:`PixelLabels` of ``target`` (B,H,W) integer, labels in [0, K) or ``ignore_index``
+    (the range is the caller's to check, see :func:`check_target`)."""
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class indices (e.g. torch.long), got dtype {target.dtype}")
+    batch = target.shape[0]
+    rows_first = target.transpose(0, 1).contiguous()
+    valid = rows_first != ignore_index
+    index = torch.where(valid, rows_first, 0).long()
+    weight = valid.to(dtype)
+    image = torch.arange(batch, device=target.device)[None, :, None]
+    class_count = torch.zeros(batch * num_classes, dtype=dtype, device=target.device)
+    class_count.index_add_(0, (image * num_classes + index).flatten(), weight.flatten())
+    return PixelLabels(index, weight, class_count.view(batch, num_classes), target.numel())
+
+
+def _label_corners(shape: torch.Size, labels: PixelLabels, plan: BilinearPlan) -> tuple[Tensor, Tensor]:
+    """For each pixel's own class, the flat indices into logits of ``shape`` (B,K,h,w) of its four
+    bilinear corners and their weights times the pixel's validity: (4,H,B,W) long and float."""
+    batch, classes, h, w = shape
+    image = torch.arange(batch, device=labels.index.device)[None, :, None]
+    base = (image * classes + labels.index) * (h * w)  # (H,B,W)
+    row_offset = (plan.row_index * w)[:, :, None, None]  # (2,H,1,1)
+    col_offset = plan.col_index[:, None, None, :]  # (2,1,1,W)
+    index = base + row_offset[:, None] + col_offset[None]  # (2,2,H,B,W)
+    weight = plan.row_weight[:, None, :, None, None] * plan.col_weight[None, :, None, None, :] * labels.weight
+    return index.flatten(0, 1), weight.flatten(0, 1)
 
 
 class _UpsampledSums(torch.autograd.Function):
-    """logits (B,K,h,w) -> with up = bilinear(logits) at the plan's label size:
-    lse_sum (B,) = Σ_p pixel_weight[b,p] · logsumexp_k up[b,:,p], and, ``with_sigmoid``,
-    prob_sum (B,K) = Σ_p sigmoid_mask[b,p] · sigmoid(up[b,k,p]) (all pixels when the mask is None;
-    empty without sigmoid).
+    """logits (B,K,h,w) -> with up = bilinear(logits) at the plan's label size and t the labels:
 
-    The gradients of both outputs w.r.t. the logits are accumulated in the forward, band by band,
-    as two (B,K,h,w) tensors; the backward only scales them by the incoming gradients.
+    * ce_sum (B,) = Σ_valid p [logsumexp_k up[b,:,p] - up[b,t_p,p]];
+    * with ``with_sigmoid``: prob_sum (B,K) = Σ_p mask[b,p] · sigmoid(up[b,k,p]) (all pixels
+      when the mask is None) and label_prob_sum (B,K) = Σ_valid p with t_p = k sigmoid(up[b,k,p]);
+      empty tensors otherwise.
+
+    The gradients of every output w.r.t. the logits are accumulated in the forward as (B,K,h,w)
+    tensors; the backward only scales them by the incoming gradients.
     """
 
     @staticmethod
-    def forward(ctx, logits, plan, pixel_weight, with_sigmoid, sigmoid_mask, shift_free):
-        batch, classes, h, _ = logits.shape
-        big_w = plan.cols.shape[0]
+    def forward(ctx, logits, plan, labels, sigmoid_mask, with_sigmoid, shift_free):
+        batch, classes, h, w = logits.shape
+        big_w = plan.out_size[1]
+        width = batch * big_w * classes  # one label row
+        planes = 2 if with_sigmoid else 1  # the band's logits, then CE gradient; its sigmoid gradient
         need_grad = ctx.needs_input_grad[0]
-        # Columns once, label rows outermost and classes contiguous: (h,B,w,K) -> (h,B,W,K), so
-        # a band of rows is one 2-D matmul and its gradient one 2-D addmm into a contiguous slice.
-        columns = torch.matmul(plan.cols, logits.permute(2, 0, 3, 1)).reshape(h, batch * big_w * classes)
-        row_weight = pixel_weight.transpose(0, 1)  # (H,B,W)
-        row_mask = sigmoid_mask.transpose(0, 1) if sigmoid_mask is not None else None
-        lse = logits.new_empty(pixel_weight.shape[1], batch, big_w, 1)  # per-pixel log-sum-exp (H,B,W,1)
-        band_prob_sums = logits.new_empty(len(plan.bands), batch, classes) if with_sigmoid else None
-        grad_lse = torch.zeros_like(columns) if need_grad else None
-        grad_prob = torch.zeros_like(columns) if need_grad and with_sigmoid else None
-        buffers: dict[int, tuple[Tensor, Tensor]] = {}
-        for band, (start, end, lo, hi) in enumerate(plan.bands):
-            rows = end - start
-            if rows not in buffers:  # reused across bands: fresh allocations cost page faults on CPU
-                buffers[rows] = (columns.new_empty(rows, columns.shape[1]), columns.new_empty(rows, columns.shape[1]))
-            up, sig = buffers[rows]
-            band_rows = plan.rows[start:end, lo:hi]
-            torch.mm(band_rows, columns[lo:hi], out=up)
-            up4 = up.view(rows, batch, big_w, classes)
-            sig4 = sig.view(rows, batch, big_w, classes)
-            weight = row_weight[start:end, :, :, None]
-            if with_sigmoid and not shift_free:
-                torch.sigmoid(up, out=sig)
-            if shift_free:  # |up| <= 60: exp(up) neither overflows nor underflows in fp32
-                up.exp_()
-                total = up4.sum(-1, keepdim=True)
-                torch.log(total, out=lse[start:end])
-                if with_sigmoid:  # sigmoid = e / (1 + e), cheaper than torch.sigmoid on CPU
-                    torch.add(up, 1.0, out=sig)
-                    torch.div(up, sig, out=sig)
+        low = logits.detach().permute(2, 0, 3, 1).contiguous()  # (h,B,w,K)
+        lse = logits.new_empty(labels.index.shape)  # per-pixel log-sum-exp (H,B,W)
+        own = torch.empty_like(lse)  # per-pixel own-class logit
+        max_rows = max(stop - start for start, stop, _, _ in plan.bands)
+        ones_k = logits.new_ones(classes)
+        ones_rows = logits.new_ones(1, max_rows)
+        prob_acc = logits.new_zeros(1, width) if with_sigmoid else None
+        values = logits.new_empty(planes, max_rows, width)
+        # A sliding window over the input rows the bands read: each is upsampled along the
+        # columns once, and its column-resolution gradient goes through the transposed column
+        # upsampling once, when no later band reads it. The buffers hold a few rows more than a
+        # band reads, so the window is moved to their front only every few rows.
+        capacity = max(hi - lo for _, _, lo, hi in plan.bands) + _WINDOW_SLACK
+        columns = logits.new_empty(capacity, width)
+        grad_columns = logits.new_empty(planes, capacity, width) if need_grad else None
+        grad = logits.new_zeros(planes, h, batch, w, classes) if need_grad else None
+        first = end = base = 0  # input rows [first, end) are held at positions [base, base + end - first)
+
+        def retire(rows: int) -> None:
+            """The window's first ``rows`` rows are complete: through the transposed column upsampling."""
+            g = grad_columns[:, base : base + rows].reshape(planes * rows * batch, 1, big_w, classes).permute(0, 3, 1, 2)
+            out = torch.ops.aten.upsample_bilinear2d_backward(g, [1, big_w], [planes * rows * batch, classes, 1, w], plan.align_corners)
+            grad[:, first : first + rows] = out.permute(0, 2, 3, 1).view(planes, rows, batch, w, classes)
+
+        for (start, stop, lo, hi), (band_rows, band_rows_t) in zip(plan.bands, plan.band_rows):
+            rows = stop - start
+            if need_grad and min(lo, end) > first:
+                retire(min(lo, end) - first)
+            if lo >= end:  # nothing kept (rows that no band reads are skipped: their gradient stays 0)
+                first = end = lo
+                base = 0
             else:
-                peak = up4.amax(-1, keepdim=True)
-                up4.sub_(peak)
-                up.exp_()
-                total = up4.sum(-1, keepdim=True)
-                torch.log(total, out=lse[start:end]).add_(peak)
+                base += lo - first
+                first = lo
+            if hi > end:
+                if base + hi - first > capacity:  # move the kept rows to the front (clone: the ranges may overlap)
+                    kept = end - first
+                    columns[:kept] = columns[base : base + kept].clone()
+                    if need_grad:
+                        grad_columns[:, :kept] = grad_columns[:, base : base + kept].clone()
+                    base = 0
+                a, b = base + end - first, base + hi - first  # upsample the columns of the new input rows
+                x = low[end:hi].view((b - a) * batch, 1, w, classes).permute(0, 3, 1, 2)
+                out = columns[a:b].view((b - a) * batch, 1, big_w, classes).permute(0, 3, 1, 2)
+                torch.ops.aten.upsample_bilinear2d.out(x, [1, big_w], plan.align_corners, None, None, out=out)
+                if need_grad:
+                    grad_columns[:, a:b].zero_()
+                end = hi
+            a, b = base, base + hi - lo
+            up, sig = values[0, :rows], values[-1, :rows]
+            pixels = up.view(-1, classes)  # (rows·B·W, K)
+            torch.mm(band_rows, columns[a:b], out=up)
+            index = labels.index[start:stop].view(-1, 1)
+            torch.gather(pixels, 1, index, out=own[start:stop].view(-1, 1))
             if with_sigmoid:
-                if row_mask is not None:
-                    sig4.mul_(row_mask[start:end, :, :, None])
-                torch.sum(sig4, (0, 2), out=band_prob_sums[band])
+                torch.sigmoid(up, out=sig)
+            if not shift_free:
+                peak = pixels.amax(1, keepdim=True)
+                pixels.sub_(peak)
+            up.exp_()  # without the shift |up| <= 60: exp(up) neither overflows nor underflows in fp32
+            total = torch.mv(pixels, ones_k)
+            band_lse = lse[start:stop].view(-1)
+            torch.log(total, out=band_lse)
+            if not shift_free:
+                band_lse.add_(peak[:, 0])
+            if with_sigmoid:
+                if sigmoid_mask is not None:
+                    sig.view(-1, classes).mul_(sigmoid_mask[start:stop].view(-1, 1))
+                prob_acc.addmm_(ones_rows[:, :rows], sig)
                 if need_grad:  # d sigmoid = s(1-s); masked pixels stay 0
                     sig.addcmul_(sig, sig, value=-1.0)
-                    grad_prob[lo:hi].addmm_(band_rows.t(), sig)
-            if need_grad:  # d lse = softmax
-                up4.mul_(weight / total)
-                grad_lse[lo:hi].addmm_(band_rows.t(), up)
-        if need_grad:
-            # Column transpose once: (h,B,W,K) -> (h,B,w,K) -> (B,K,h,w).
-            def to_logits(grad: Tensor) -> Tensor:
-                low = torch.matmul(plan.cols.t(), grad.view(h, batch, big_w, classes))
-                return low.permute(1, 3, 0, 2).contiguous()
+            if need_grad:  # d ce = weight · (softmax - onehot)
+                weight = labels.weight[start:stop].view(-1, 1)
+                pixels.mul_(weight / total[:, None])
+                pixels.scatter_add_(1, index, -weight)
+                # The band's gradients back through its rows, into the window's column-resolution rows.
+                grad_columns[:, a:b].baddbmm_(band_rows_t.expand(planes, -1, -1), values[:, :rows])
+        if need_grad and end > first:
+            retire(end - first)
 
-            ctx.save_for_backward(to_logits(grad_lse), to_logits(grad_prob) if with_sigmoid else None)
-        lse_sum = (lse[..., 0] * row_weight).sum((0, 2))
-        return lse_sum, band_prob_sums.sum(0) if with_sigmoid else logits.new_zeros(0)
+        ce_sum = ((lse - own) * labels.weight).sum((0, 2))
+        if not with_sigmoid:
+            ctx.save_for_backward(grad[0].permute(1, 3, 0, 2).contiguous() if need_grad else None, None, None)
+            empty = logits.new_zeros(0)
+            return ce_sum, empty, empty
+        prob_sum = prob_acc.view(batch, big_w, classes).sum(1)
+        own_prob = torch.sigmoid(own)  # (H,B,W)
+        valid_own_prob = own_prob * labels.weight
+        image = torch.arange(batch, device=logits.device)[None, :, None]
+        slot = (image * classes + labels.index).flatten()
+        label_prob_sum = logits.new_zeros(batch * classes).index_add_(0, slot, valid_own_prob.flatten())
+        unit_ce = unit_prob = unit_label = None
+        if need_grad:  # d label_prob_sum: the own class's sigmoid slope, scattered to its 4 corners
+            corner_index, corner_weight = _label_corners(logits.shape, labels, plan)  # (4,H,B,W)
+            slope = valid_own_prob * (1.0 - own_prob)
+            unit_label = logits.new_zeros(logits.numel()).index_add_(0, corner_index.flatten(), (corner_weight * slope).flatten())
+            unit_ce, unit_prob = grad.permute(0, 2, 4, 1, 3).contiguous().unbind(0)
+        ctx.save_for_backward(unit_ce, unit_prob, unit_label.view_as(logits) if need_grad else None)
+        return ce_sum, prob_sum, label_prob_sum.view(batch, classes)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_lse_sum, grad_prob_sum):
-        unit_lse, unit_prob = ctx.saved_tensors
-        grad = unit_lse * grad_lse_sum[:, None, None, None]
-        if unit_prob is not None and grad_prob_sum is not None:
+    def backward(ctx, grad_ce_sum, grad_prob_sum, grad_label_prob_sum):
+        unit_ce, unit_prob, unit_label = ctx.saved_tensors
+        grad = unit_ce * grad_ce_sum[:, None, None, None]
+        if unit_prob is not None:
             grad.addcmul_(unit_prob, grad_prob_sum[:, :, None, None])
+            grad.addcmul_(unit_label, grad_label_prob_sum[:, :, None, None])
         return grad, None, None, None, None, None
+
+
+class Scored(NamedTuple):
+    """One logits tensor for :func:`upsampled_stats`."""
+
+    logits: Tensor  # (B,K,h,w)
+    with_prob_sum: bool = False  # also the sigmoid sums of the dice
+    logit_bound: float | None = None  # a known bound on |logits| (SSA's τ-scaled cosines: τ)
 
 
 class UpsampledStats(NamedTuple):
     """Statistics of logits upsampled to the label size (see :func:`upsampled_stats`)."""
 
-    lse_sum: Tensor  # (B,) Σ over valid pixels of logsumexp_k of the upsampled logits
-    own_logit: Tensor  # (B,H,W) upsampled logit of the pixel's own class (class 0 where ignored)
+    ce_sum: Tensor  # (B,) Σ over valid pixels of the cross-entropy of the upsampled logits
     prob_sum: Tensor  # (B,K) Σ over pixels of sigmoid(upsampled logits), or empty
-    valid: Tensor  # (B,H,W) bool, label != ignore_index
+    label_prob_sum: Tensor  # (B,K) Σ over the valid pixels labelled k of sigmoid(upsampled logit k), or empty
+    class_count: Tensor  # (B,K) valid pixels per class
+    num_pixels: int  # B·H·W, ignored pixels included
 
 
 def check_target(target: Tensor, num_classes: int, ignore_index: int) -> None:
@@ -254,40 +341,47 @@ def check_target(target: Tensor, num_classes: int, ignore_index: int) -> None:
 
 
 def upsampled_stats(
-    logits: Tensor,
-    target: Tensor,
-    ignore_index: int = 255,
-    align_corners: bool = False,
-    with_prob_sum: bool = False,
-    mask_ignore: bool = False,
-    logit_bound: float | None = None,
-) -> UpsampledStats:
-    """Statistics of ``bilinear(logits (B,K,h,w), size of target (B,H,W))`` for CE and dice.
+    scored: Sequence[Scored], labels: PixelLabels, align_corners: bool = False, mask_ignore: bool = False
+) -> list[UpsampledStats]:
+    """Statistics of ``bilinear(logits (B,K,h,w), label size)`` for CE and dice, for each of
+    ``scored`` (same shape, dtype and device; they share the labels and the interpolation plan).
 
     Equal (up to float summation order) to computing them on ``F.interpolate(logits, ...)`` with
-    autograd, without building the upsampled logits. ``logit_bound``: a bound on |logits|
-    known to the caller (SSA's τ-scaled cosines); below 60 it lets exp() skip the max shift.
-    Labels must be integer (checked) and in [0, K) or ``ignore_index`` (see :func:`check_target`).
+    autograd, without building the upsampled logits. ``mask_ignore`` leaves ignored pixels out of
+    the sigmoid sums. Bounds on |logits| of at most 60 let exp() skip the max shift; on CPU, where
+    reading a value costs no device wait, the bound of logits without one is measured.
     """
-    if target.is_floating_point() or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices (e.g. torch.long), got dtype {target.dtype}")
-    target = target.long()
-    valid = target != ignore_index
-    index = torch.where(valid, target, 0)
-    plan = plan_for(logits, tuple(target.shape[-2:]), align_corners)
-    pixel_weight = valid.to(logits.dtype)
-    sigmoid_mask = pixel_weight if mask_ignore else None
-    shift_free = logit_bound is not None and abs(logit_bound) <= _SHIFT_FREE_BOUND
-    with torch.autocast(logits.device.type, enabled=False):  # the logits' precision, not autocast's
-        lse_sum, prob_sum = _UpsampledSums.apply(logits, plan, pixel_weight, with_prob_sum, sigmoid_mask, shift_free)
-        own = upsampled_own_logit(logits, index, plan)
-    return UpsampledStats(lse_sum, own, prob_sum, valid)
+    first = scored[0].logits
+    for item in scored:
+        if item.logits.shape != first.shape or item.logits.dtype != first.dtype or item.logits.device != first.device:
+            raise ValueError(
+                f"upsampled_stats scores logits of one shape, dtype and device; got {tuple(first.shape)} "
+                f"{first.dtype} {first.device} and {tuple(item.logits.shape)} {item.logits.dtype} {item.logits.device}"
+            )
+    batch, classes = first.shape[:2]
+    if labels.class_count.shape != (batch, classes):
+        raise ValueError(f"labels were built for {tuple(labels.class_count.shape)} (B, K), logits are {tuple(first.shape)}")
+    plan = plan_for(first, (labels.index.shape[0], labels.index.shape[2]), align_corners)
+    labels = labels._replace(weight=labels.weight.to(first.dtype), class_count=labels.class_count.to(first.dtype))
+    mask = labels.weight if mask_ignore else None
+    stats = []
+    for item in scored:
+        bound = item.logit_bound
+        if bound is None and first.device.type == "cpu":
+            bound = float(item.logits.detach().abs().amax()) if item.logits.numel() else 0.0
+        shift_free = bound is not None and abs(bound) <= _SHIFT_FREE_BOUND
+        with torch.autocast(first.device.type, enabled=False):  # the logits' precision, not autocast's
+            ce_sum, prob_sum, label_prob_sum = _UpsampledSums.apply(
+                item.logits, plan, labels, mask, item.with_prob_sum, shift_free
+            )
+        stats.append(UpsampledStats(ce_sum, prob_sum, label_prob_sum, labels.class_count, labels.num_pixels))
+    return stats
 
 
 def reduce_cross_entropy(stats: UpsampledStats, all_pixels: bool) -> Tensor:
     """Mean CE from :class:`UpsampledStats`: over all B*H*W pixels (mmseg 0.30, ``all_pixels``) or
     over the valid ones, 0 (not NaN) when there are none (docs/algorithm.md Q6 fix)."""
-    total = stats.lse_sum.sum() - (stats.own_logit * stats.valid).sum()
+    total = stats.ce_sum.sum()
     if all_pixels:
-        return total / stats.valid.numel()
-    return total / stats.valid.sum().clamp_min(1)
+        return total / stats.num_pixels
+    return total / stats.class_count.sum().clamp_min(1)

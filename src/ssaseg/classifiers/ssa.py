@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .boundary import boundary_mask
 from .linear import cls_seg
-from .losses import check_target, reduce_cross_entropy, upsampled_stats
+from .losses import Scored, check_target, pixel_labels, reduce_cross_entropy, upsampled_stats
 from .ssa_losses import dice_loss, response_distillation, semantic_distillation, spatial_distillation
 
 #: Weights of the loss terms (docs/algorithm.md §5 step 13, §6.6, §6.7).
@@ -272,14 +272,14 @@ class SSAClassifier(nn.Module):
         teacher_logits, teacher_semantic, teacher_spatial = self.teacher(feat, feat_pos, small)
         boundary = boundary_mask(small, self.border, self.dilation)
 
-        def stats(x: Tensor, with_prob_sum: bool, bound: float | None):
-            return upsampled_stats(
-                x, target, self.ignore_index, self.loss_align_corners, with_prob_sum, self.dice_mask_ignore, bound
-            )
-
+        labels = pixel_labels(target, self.num_classes, self.ignore_index, feat.dtype)
         # Student and teacher logits are τ-scaled cosines, so |logits| <= |τ|.
-        student, teacher = stats(logits, True, self.tau), stats(teacher_logits, True, self.tau)
-        coarse_stats = stats(coarse, False, None)
+        student, teacher, coarse_stats = upsampled_stats(
+            [Scored(logits, True, self.tau), Scored(teacher_logits, True, self.tau), Scored(coarse)],
+            labels,
+            self.loss_align_corners,
+            self.dice_mask_ignore,
+        )
         raw = {
             "ce": reduce_cross_entropy(student, all_pixels=self.main_ce_all_pixels),
             "ce_coarse": reduce_cross_entropy(coarse_stats, all_pixels=False),
@@ -287,8 +287,8 @@ class SSAClassifier(nn.Module):
             "kd_response": response_distillation(
                 logits, teacher_logits.detach(), small, boundary, self.smoothness, self.ignore_index, self.eps
             ),
-            "dice": dice_loss(student, target),
-            "dice_teacher": dice_loss(teacher, target),
+            "dice": dice_loss(student),
+            "dice_teacher": dice_loss(teacher),
             "kd_semantic": semantic_distillation(semantic_proto, teacher_semantic.detach(), self.tau, self.eps),
             "kd_spatial": spatial_distillation(spatial_proto, teacher_spatial.detach()),
         }

@@ -84,28 +84,20 @@ def _distributed_mean_count(count: Tensor) -> Tensor:
     return count.clamp_min(1.0)
 
 
-def dice_loss(stats: UpsampledStats, labels: Tensor) -> Tensor:
-    """Sigmoid dice over the (image, class) masks present in ``labels`` (docs/algorithm.md §6.5).
+def dice_loss(stats: UpsampledStats) -> Tensor:
+    """Sigmoid dice over the (image, class) masks present in the labels (docs/algorithm.md §6.5).
 
     Args:
         stats: :func:`~ssaseg.classifiers.losses.upsampled_stats` of the logits at label
             resolution, with ``prob_sum`` (ignored pixels counted as negatives, faithful, or left
             out with ``mask_ignore``, docs/algorithm.md Q9).
-        labels: (B, H, W) long.
     Returns:
         Scalar: Σ_(b,k present) [1 - (2 Σ s·t + 1) / (Σ s + Σ t + 1)] / max(1, #masks).
     """
-    batch, num_classes = stats.prob_sum.shape
-    valid = stats.valid
-    # Σ s·t: the probability of each pixel's own class, summed per (image, class).
-    own_prob = torch.sigmoid(stats.own_logit) * valid
-    index = torch.where(valid, labels, num_classes).flatten(1)
-    inter = own_prob.new_zeros(batch, num_classes + 1).scatter_add_(1, index, own_prob.flatten(1))[:, :num_classes]
-    count = own_prob.new_zeros(batch, num_classes + 1).scatter_add_(1, index, valid.flatten(1).to(own_prob.dtype))[
-        :, :num_classes
-    ]
-    present = (count > 0).to(own_prob.dtype)
-    dice = 1.0 - (2.0 * inter + 1.0) / (stats.prob_sum + count + 1.0)
+    # Σ s·t is the sigmoid of each valid pixel's own class, summed per (image, class).
+    count = stats.class_count
+    present = (count > 0).to(count.dtype)
+    dice = 1.0 - (2.0 * stats.label_prob_sum + 1.0) / (stats.prob_sum + count + 1.0)
     return (dice * present).sum() / _distributed_mean_count(present.sum())
 
 
