@@ -22,6 +22,7 @@ from .ssa import (
     call_in_full_precision,
     class_onehot,
     cosine_logits,
+    pixel_norms,
     legacy_nearest_downsample,
     pooled_class_centers,
     prototype_mlp,
@@ -100,19 +101,22 @@ class CACClassifier(nn.Module):
         self.teacher_semantic_proj = prototype_mlp(in_channels)
         self.has_teacher = True
 
-    def student(self, feat: Tensor, coarse: Tensor) -> Tensor:
-        """Context-aware logits (docs/algorithm.md §18). feat: F (B,C,h,w); coarse: M (B,K,h,w) -> O (B,K,h,w)."""
+    def student(self, feat: Tensor, coarse: Tensor, norms: Tensor | None = None) -> Tensor:
+        """Context-aware logits (docs/algorithm.md §18). feat: F (B,C,h,w); coarse: M (B,K,h,w) -> O (B,K,h,w).
+        ``norms``: :func:`pixel_norms` of F, when already computed."""
         batch, _, h, w = feat.shape
         feat_flat = feat.flatten(2)
+        norms = pixel_norms(feat_flat, self.eps) if norms is None else norms
         centers = soft_class_centers(feat_flat, coarse.flatten(2), self.eps)
         prototypes = self.conv_seg.weight.flatten(1).expand(batch, -1, -1)
         proto = self.semantic_proj(torch.cat([centers, prototypes], dim=-1))
-        return cosine_logits(feat_flat, proto, self.tau, self.eps).unflatten(-1, (h, w))
+        return cosine_logits(feat_flat, proto, self.tau, self.eps, norms).unflatten(-1, (h, w))
 
-    def teacher(self, feat: Tensor, labels: Tensor) -> Tensor:
+    def teacher(self, feat: Tensor, labels: Tensor, norms: Tensor | None = None) -> Tensor:
         """Oracle logits from ground-truth class centres pooled over the batch (docs/algorithm.md §18).
 
-        feat: F (B,C,h,w); labels: (B,h,w) long at feature resolution -> Ô (B,K,h,w).
+        feat: F (B,C,h,w); labels: (B,h,w) long at feature resolution -> Ô (B,K,h,w). ``norms``:
+        :func:`pixel_norms` of F, when already computed.
         """
         if not self.has_teacher:
             raise RuntimeError("the oracle was removed by deploy(); training needs a model that was not deployed")
@@ -122,7 +126,8 @@ class CACClassifier(nn.Module):
         prototypes = self.conv_seg.weight.flatten(1)
         centers = pooled_class_centers(feat_flat, onehot, prototypes.detach(), self.eps)
         proto = self.teacher_semantic_proj(torch.cat([centers, prototypes], dim=-1))
-        return cosine_logits(feat_flat, proto, self.tau, self.eps).unflatten(-1, (h, w))
+        norms = pixel_norms(feat_flat, self.eps) if norms is None else norms
+        return cosine_logits(feat_flat, proto, self.tau, self.eps, norms).unflatten(-1, (h, w))
 
     def forward(self, feat: Tensor, target: Tensor | None = None):
         if self.conv_seg.weight.dtype in (torch.float16, torch.bfloat16):
@@ -134,20 +139,21 @@ class CACClassifier(nn.Module):
         with guard:
             feat = _full_precision(feat)
             coarse = self.conv_seg(self.dropout(feat))
-            logits = self.student(feat, coarse)
+            norms = pixel_norms(feat.flatten(2), self.eps)
+            logits = self.student(feat, coarse, norms)
             if not self.training:
                 return logits
             if target is None:
                 raise ValueError("CACClassifier in train mode needs target (B, H, W); call .eval() for inference")
             if target.dim() != 3:
                 raise ValueError(f"target must be (B, H, W) long, got shape {tuple(target.shape)}")
-            losses = self._losses(feat, coarse, logits, target.long())
+            losses = self._losses(feat, coarse, logits, target.long(), norms)
         return logits, losses
 
-    def _losses(self, feat: Tensor, coarse: Tensor, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
+    def _losses(self, feat: Tensor, coarse: Tensor, logits: Tensor, target: Tensor, norms: Tensor) -> dict[str, Tensor]:
         """The four weighted loss terms of docs/algorithm.md §18"""
         small = legacy_nearest_downsample(target, feat.shape[-2:])
-        teacher_logits = self.teacher(feat, small)
+        teacher_logits = self.teacher(feat, small, norms)
 
         labels = pixel_labels(target, self.num_classes, self.ignore_index, feat.dtype)
         # Student and oracle logits are τ-scaled cosines (|logits| <= |τ|); the coarse ones are not.

@@ -156,17 +156,31 @@ def pixel_labels(target: Tensor, num_classes: int, ignore_index: int = 255, dtyp
     return PixelLabels(index, weight, class_count.view(batch, num_classes), target.numel())
 
 
-def _label_corners(shape: torch.Size, labels: PixelLabels, plan: BilinearPlan) -> tuple[Tensor, Tensor]:
-    """For each pixel's own class, the flat indices into logits of ``shape`` (B,K,h,w) of its four
-    bilinear corners and their weights times the pixel's validity: (4,H,B,W) long and float."""
+class _LabelBands(NamedTuple):
+    """What every logits tensor scored against the same labels and plan shares, built once."""
+
+    index: tuple[Tensor, ...]  # per band, (rows·B·W, 1) long: the pixels' classes (0 where ignored)
+    weight: tuple[Tensor, ...]  # per band, (rows·B·W, 1): 1 for valid pixels, 0 for ignored ones
+    corner_index: Tensor  # (4·H·B·W,) long: flat index into (B,K,h,w) of each pixel's own class at its 4 bilinear corners
+    corner_weight: Tensor  # (4·H·B·W,): the corners' bilinear weights times the pixel's validity
+    own_unit: Tensor  # (B,K,h,w): gradient of Σ_valid p up[b,t_p,p] (per image b) w.r.t. the logits
+
+
+def _label_bands(labels: PixelLabels, plan: BilinearPlan, shape: torch.Size) -> _LabelBands:
+    """:class:`_LabelBands` of ``labels`` for logits of ``shape`` (B,K,h,w)."""
     batch, classes, h, w = shape
+    pixels_per_row = labels.index[0].numel()
+    sizes = [(stop - start) * pixels_per_row for start, stop, _, _ in plan.bands]
     image = torch.arange(batch, device=labels.index.device)[None, :, None]
     base = (image * classes + labels.index) * (h * w)  # (H,B,W)
     row_offset = (plan.row_index * w)[:, :, None, None]  # (2,H,1,1)
     col_offset = plan.col_index[:, None, None, :]  # (2,1,1,W)
-    index = base + row_offset[:, None] + col_offset[None]  # (2,2,H,B,W)
-    weight = plan.row_weight[:, None, :, None, None] * plan.col_weight[None, :, None, None, :] * labels.weight
-    return index.flatten(0, 1), weight.flatten(0, 1)
+    corner_index = (base + row_offset[:, None] + col_offset[None]).flatten()  # (2,2,H,B,W)
+    corner_weight = (plan.row_weight[:, None, :, None, None] * plan.col_weight[None, :, None, None, :] * labels.weight).flatten()
+    own_unit = labels.weight.new_zeros(shape.numel()).index_add_(0, corner_index, corner_weight).view(shape)
+    return _LabelBands(
+        labels.index.view(-1, 1).split(sizes), labels.weight.view(-1, 1).split(sizes), corner_index, corner_weight, own_unit
+    )
 
 
 class _UpsampledSums(torch.autograd.Function):
@@ -178,11 +192,12 @@ class _UpsampledSums(torch.autograd.Function):
       empty tensors otherwise.
 
     The gradients of every output w.r.t. the logits are accumulated in the forward as (B,K,h,w)
-    tensors; the backward only scales them by the incoming gradients.
+    tensors; the backward only scales them by the incoming gradients. The own-class logit is
+    linear in the logits, so its sum and gradient come from ``bands.own_unit`` at low resolution.
     """
 
     @staticmethod
-    def forward(ctx, logits, plan, labels, sigmoid_mask, with_sigmoid, shift_free):
+    def forward(ctx, logits, plan, labels, bands, sigmoid_mask, with_sigmoid, shift_free):
         batch, classes, h, w = logits.shape
         big_w = plan.out_size[1]
         width = batch * big_w * classes  # one label row
@@ -190,7 +205,9 @@ class _UpsampledSums(torch.autograd.Function):
         need_grad = ctx.needs_input_grad[0]
         low = logits.detach().permute(2, 0, 3, 1).contiguous()  # (h,B,w,K)
         lse = logits.new_empty(labels.index.shape)  # per-pixel log-sum-exp (H,B,W)
-        own = torch.empty_like(lse)  # per-pixel own-class logit
+        own = logits.new_empty(labels.index.shape) if with_sigmoid else None  # per-pixel own-class logit
+        lse_bands = lse.view(-1).split([len(i) for i in bands.index])
+        own_bands = own.view(-1, 1).split([len(i) for i in bands.index]) if with_sigmoid else None
         max_rows = max(stop - start for start, stop, _, _ in plan.bands)
         ones_k = logits.new_ones(classes)
         ones_rows = logits.new_ones(1, max_rows)
@@ -208,11 +225,14 @@ class _UpsampledSums(torch.autograd.Function):
 
         def retire(rows: int) -> None:
             """The window's first ``rows`` rows are complete: through the transposed column upsampling."""
-            g = grad_columns[:, base : base + rows].reshape(planes * rows * batch, 1, big_w, classes).permute(0, 3, 1, 2)
-            out = torch.ops.aten.upsample_bilinear2d_backward(g, [1, big_w], [planes * rows * batch, classes, 1, w], plan.align_corners)
-            grad[:, first : first + rows] = out.permute(0, 2, 3, 1).view(planes, rows, batch, w, classes)
+            for plane in range(planes):
+                g = grad_columns[plane, base : base + rows].view(rows * batch, 1, big_w, classes).permute(0, 3, 1, 2)
+                out = grad[plane, first : first + rows].view(rows * batch, 1, w, classes).permute(0, 3, 1, 2)
+                torch.ops.aten.upsample_bilinear2d_backward.grad_input(
+                    g, [1, big_w], [rows * batch, classes, 1, w], plan.align_corners, None, None, grad_input=out
+                )
 
-        for (start, stop, lo, hi), (band_rows, band_rows_t) in zip(plan.bands, plan.band_rows):
+        for band, ((start, stop, lo, hi), (band_rows, band_rows_t)) in enumerate(zip(plan.bands, plan.band_rows)):
             rows = stop - start
             if need_grad and min(lo, end) > first:
                 retire(min(lo, end) - first)
@@ -236,41 +256,41 @@ class _UpsampledSums(torch.autograd.Function):
                 if need_grad:
                     grad_columns[:, a:b].zero_()
                 end = hi
-            a, b = base, base + hi - lo
             up, sig = values[0, :rows], values[-1, :rows]
             pixels = up.view(-1, classes)  # (rows·B·W, K)
-            torch.mm(band_rows, columns[a:b], out=up)
-            index = labels.index[start:stop].view(-1, 1)
-            torch.gather(pixels, 1, index, out=own[start:stop].view(-1, 1))
+            torch.mm(band_rows, columns[base : base + hi - lo], out=up)
             if with_sigmoid:
+                torch.gather(pixels, 1, bands.index[band], out=own_bands[band])
                 torch.sigmoid(up, out=sig)
             if not shift_free:
                 peak = pixels.amax(1, keepdim=True)
                 pixels.sub_(peak)
             up.exp_()  # without the shift |up| <= 60: exp(up) neither overflows nor underflows in fp32
             total = torch.mv(pixels, ones_k)
-            band_lse = lse[start:stop].view(-1)
-            torch.log(total, out=band_lse)
+            torch.log(total, out=lse_bands[band])
             if not shift_free:
-                band_lse.add_(peak[:, 0])
+                lse_bands[band].add_(peak[:, 0])
             if with_sigmoid:
                 if sigmoid_mask is not None:
                     sig.view(-1, classes).mul_(sigmoid_mask[start:stop].view(-1, 1))
                 prob_acc.addmm_(ones_rows[:, :rows], sig)
                 if need_grad:  # d sigmoid = s(1-s); masked pixels stay 0
                     sig.addcmul_(sig, sig, value=-1.0)
-            if need_grad:  # d ce = weight · (softmax - onehot)
-                weight = labels.weight[start:stop].view(-1, 1)
-                pixels.mul_(weight / total[:, None])
-                pixels.scatter_add_(1, index, -weight)
+            if need_grad:  # d logsumexp = weight · softmax (the own-class part is bands.own_unit)
+                pixels.mul_(bands.weight[band] / total[:, None])
                 # The band's gradients back through its rows, into the window's column-resolution rows.
-                grad_columns[:, a:b].baddbmm_(band_rows_t.expand(planes, -1, -1), values[:, :rows])
+                grad_columns[:, base : base + hi - lo].baddbmm_(band_rows_t.expand(planes, -1, -1), values[:, :rows])
         if need_grad and end > first:
             retire(end - first)
 
-        ce_sum = ((lse - own) * labels.weight).sum((0, 2))
+        ce_sum = (lse * labels.weight).sum((0, 2)) - (bands.own_unit * logits.detach()).sum((1, 2, 3))
+        unit_ce = unit_prob = unit_label = None
+        if need_grad:
+            units = grad.permute(0, 2, 4, 1, 3).contiguous()  # (planes,B,K,h,w)
+            unit_ce = units[0].sub_(bands.own_unit)
+            unit_prob = units[1] if with_sigmoid else None
         if not with_sigmoid:
-            ctx.save_for_backward(grad[0].permute(1, 3, 0, 2).contiguous() if need_grad else None, None, None)
+            ctx.save_for_backward(unit_ce, None, None)
             empty = logits.new_zeros(0)
             return ce_sum, empty, empty
         prob_sum = prob_acc.view(batch, big_w, classes).sum(1)
@@ -279,13 +299,11 @@ class _UpsampledSums(torch.autograd.Function):
         image = torch.arange(batch, device=logits.device)[None, :, None]
         slot = (image * classes + labels.index).flatten()
         label_prob_sum = logits.new_zeros(batch * classes).index_add_(0, slot, valid_own_prob.flatten())
-        unit_ce = unit_prob = unit_label = None
         if need_grad:  # d label_prob_sum: the own class's sigmoid slope, scattered to its 4 corners
-            corner_index, corner_weight = _label_corners(logits.shape, labels, plan)  # (4,H,B,W)
-            slope = valid_own_prob * (1.0 - own_prob)
-            unit_label = logits.new_zeros(logits.numel()).index_add_(0, corner_index.flatten(), (corner_weight * slope).flatten())
-            unit_ce, unit_prob = grad.permute(0, 2, 4, 1, 3).contiguous().unbind(0)
-        ctx.save_for_backward(unit_ce, unit_prob, unit_label.view_as(logits) if need_grad else None)
+            slope = (valid_own_prob * (1.0 - own_prob)).flatten().repeat(4)
+            unit_label = logits.new_zeros(logits.numel()).index_add_(0, bands.corner_index, bands.corner_weight * slope)
+            unit_label = unit_label.view_as(logits)
+        ctx.save_for_backward(unit_ce, unit_prob, unit_label)
         return ce_sum, prob_sum, label_prob_sum.view(batch, classes)
 
     @staticmethod
@@ -296,7 +314,7 @@ class _UpsampledSums(torch.autograd.Function):
         if unit_prob is not None:
             grad.addcmul_(unit_prob, grad_prob_sum[:, :, None, None])
             grad.addcmul_(unit_label, grad_label_prob_sum[:, :, None, None])
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 class Scored(NamedTuple):
@@ -364,6 +382,7 @@ def upsampled_stats(
     plan = plan_for(first, (labels.index.shape[0], labels.index.shape[2]), align_corners)
     labels = labels._replace(weight=labels.weight.to(first.dtype), class_count=labels.class_count.to(first.dtype))
     mask = labels.weight if mask_ignore else None
+    bands = _label_bands(labels, plan, first.shape)
     stats = []
     for item in scored:
         bound = item.logit_bound
@@ -372,7 +391,7 @@ def upsampled_stats(
         shift_free = bound is not None and abs(bound) <= _SHIFT_FREE_BOUND
         with torch.autocast(first.device.type, enabled=False):  # the logits' precision, not autocast's
             ce_sum, prob_sum, label_prob_sum = _UpsampledSums.apply(
-                item.logits, plan, labels, mask, item.with_prob_sum, shift_free
+                item.logits, plan, labels, bands, mask, item.with_prob_sum, shift_free
             )
         stats.append(UpsampledStats(ce_sum, prob_sum, label_prob_sum, labels.class_count, labels.num_pixels))
     return stats

@@ -7,6 +7,7 @@ Shapes: B images, C channels, K classes, feature map h x w (N = h·w), labels H 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,14 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
 _TEACHER_MODULES = ("teacher_semantic_proj", "teacher_spatial_proj", "teacher_center_proj")
 
 
+class PixelEmbedding(NamedTuple):
+    """The pixel tensors both the student and the teacher read, computed once per forward."""
+
+    position: Tensor  # P_f (B,C,N): the depthwise-conv position encoding of F
+    pixels: Tensor  # X = F + P_f (B,C,N): what the cosine classifier scores
+    norms: Tensor  # ‖X‖ + ε (B,1,N)
+
+
 def prototype_mlp(channels: int) -> nn.Sequential:
     """φ: Linear(2C -> C/2, no bias) -> ReLU -> Linear(C/2 -> C)."""
     return nn.Sequential(
@@ -45,14 +54,21 @@ def l2_norm(x: Tensor, dim: int) -> Tensor:
     return x.pow(2).sum(dim, keepdim=True).clamp_min(1e-30).sqrt()
 
 
-def cosine_logits(pixels: Tensor, centers: Tensor, tau: float, eps: float) -> Tensor:
-    """τ·cos: pixels X (B,C,N), centers Z (B,K,C) or (K,C) -> (B,K,N).
+def pixel_norms(pixels: Tensor, eps: float) -> Tensor:
+    """‖X‖ + ε of pixels X (B,C,N) over the channels -> (B,1,N): the student and the teacher
+    score the same pixels, so they share it."""
+    return l2_norm(pixels, dim=1) + eps
+
+
+def cosine_logits(pixels: Tensor, centers: Tensor, tau: float, eps: float, norms: Tensor) -> Tensor:
+    """τ·cos: pixels X (B,C,N) with ``norms`` = :func:`pixel_norms` (B,1,N), centers Z (B,K,C)
+    or (K,C) -> (B,K,N).
 
     Equal to τ · (Z/(‖Z‖+ε)) @ (X/(‖X‖+ε)), but the pixel norms divide the (B,K,N) product
     instead of the larger (B,C,N) input, and τ is folded into the (B,K,C) centers. |result| <= |τ|.
     """
     z = centers * (tau / (l2_norm(centers, dim=-1) + eps))
-    return (z @ pixels) / (l2_norm(pixels, dim=1) + eps)
+    return (z @ pixels) / norms
 
 
 def _full_precision(x: Tensor) -> Tensor:
@@ -180,36 +196,41 @@ class SSAClassifier(nn.Module):
         self.has_teacher = True
 
     # ------------------------------------------------------------------ building blocks
-    def student(self, feat: Tensor, coarse: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def embed_pixels(self, feat: Tensor) -> PixelEmbedding:
+        """P_f, X = F + P_f and ‖X‖ + ε of F (B,C,h,w) (docs/algorithm.md §3)."""
+        position = self.position_encoder(feat).flatten(2)
+        pixels = feat.flatten(2) + position
+        return PixelEmbedding(position, pixels, pixel_norms(pixels, self.eps))
+
+    def student(self, feat: Tensor, coarse: Tensor, embedding: PixelEmbedding) -> tuple[Tensor, Tensor, Tensor]:
         """SEPA + SPPA (docs/algorithm.md §3).
 
         Args:
             feat: F (B,C,h,w). coarse: M (B,K,h,w), the coarse logits conv_seg(dropout(F)).
+            embedding: :meth:`embed_pixels` of ``feat``.
         Returns:
-            logits O (B,K,h,w), semantic prototypes S_p (B,K,C), spatial prototypes P_p (B,K,C),
-            feature position encoding P_f (B,C,N).
+            logits O (B,K,h,w), semantic prototypes S_p (B,K,C), spatial prototypes P_p (B,K,C).
         """
         batch, _, h, w = feat.shape
-        feat_flat = feat.flatten(2)
-        feat_pos = self.position_encoder(feat).flatten(2)
         mask = coarse.flatten(2)
         # SPPA: softmax over positions gathers one spatial center per class.
-        spatial_center = F.softmax(mask, dim=-1) @ feat_pos.transpose(1, 2)
+        spatial_center = F.softmax(mask, dim=-1) @ embedding.position.transpose(1, 2)
         class_pos = self.class_position.weight.expand(batch, -1, -1)
         spatial_proto = self.spatial_proj(torch.cat([class_pos, spatial_center], dim=-1))
         # SEPA: softmax over classes, then a probability-weighted mean of the pixel features.
-        semantic_center = soft_class_centers(feat_flat, mask, self.eps)
+        semantic_center = soft_class_centers(feat.flatten(2), mask, self.eps)
         prototypes = self.conv_seg.weight.flatten(1).expand(batch, -1, -1)
         semantic_proto = self.semantic_proj(torch.cat([semantic_center, prototypes], dim=-1))
         centers = self.center_proj(semantic_proto + spatial_proto)
-        logits = cosine_logits(feat_flat + feat_pos, centers, self.tau, self.eps).unflatten(-1, (h, w))
-        return logits, semantic_proto, spatial_proto, feat_pos
+        logits = cosine_logits(embedding.pixels, centers, self.tau, self.eps, embedding.norms).unflatten(-1, (h, w))
+        return logits, semantic_proto, spatial_proto
 
-    def teacher(self, feat: Tensor, feat_pos: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def teacher(self, feat: Tensor, embedding: PixelEmbedding, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """GT-guided teacher (docs/algorithm.md §4), vectorised with a one-hot matmul.
 
         Args:
-            feat: F (B,C,h,w). feat_pos: P_f (B,C,N). labels: (B,h,w) long at feature resolution.
+            feat: F (B,C,h,w). embedding: :meth:`embed_pixels` of ``feat``.
+            labels: (B,h,w) long at feature resolution.
         Returns:
             logits Ô (B,K,h,w), semantic prototypes Ŝ_p (K,C) (shared by the batch), spatial
             prototypes P̂_p (B,K,C).
@@ -218,22 +239,21 @@ class SSAClassifier(nn.Module):
             raise RuntimeError("the teacher was removed by deploy(); training needs a model that was not deployed")
         batch, _, h, w = feat.shape
         k = self.num_classes
-        feat_flat = feat.flatten(2)
         onehot = class_onehot(labels, k, self.ignore_index, feat.dtype)
         count_per_image = onehot.sum(-1)  # (B,K)
         prototypes = self.conv_seg.weight.flatten(1)
         class_pos = self.class_position.weight
         # Semantic centers are pooled over the whole per-device batch (faithful, docs/algorithm.md Q11).
-        semantic_center = pooled_class_centers(feat_flat, onehot, prototypes.detach(), self.eps)
+        semantic_center = pooled_class_centers(feat.flatten(2), onehot, prototypes.detach(), self.eps)
         semantic_proto = self.teacher_semantic_proj(torch.cat([semantic_center, prototypes], dim=-1))
         # Spatial centers are per image.
-        pos_sums = onehot @ feat_pos.transpose(1, 2)
+        pos_sums = onehot @ embedding.position.transpose(1, 2)
         spatial_center = torch.where(
             count_per_image[..., None] > 0, pos_sums / (count_per_image[..., None] + self.eps), class_pos.detach()
         )
         spatial_proto = self.teacher_spatial_proj(torch.cat([spatial_center, class_pos.expand(batch, -1, -1)], dim=-1))
         centers = self.teacher_center_proj(semantic_proto + spatial_proto)
-        logits = cosine_logits(feat_flat + feat_pos, centers, self.tau, self.eps).unflatten(-1, (h, w))
+        logits = cosine_logits(embedding.pixels, centers, self.tau, self.eps, embedding.norms).unflatten(-1, (h, w))
         return logits, semantic_proto, spatial_proto
 
     # ------------------------------------------------------------------ forward
@@ -251,16 +271,17 @@ class SSAClassifier(nn.Module):
         with guard:
             feat = _full_precision(feat)
             coarse = self.conv_seg(self.dropout(feat))
-            logits, semantic_proto, spatial_proto, feat_pos = self.student(feat, coarse)
+            embedding = self.embed_pixels(feat)
+            logits, semantic_proto, spatial_proto = self.student(feat, coarse, embedding)
             if not self.training:
                 return logits
-            losses = self._losses(feat, feat_pos, coarse, logits, semantic_proto, spatial_proto, target.long())
+            losses = self._losses(feat, embedding, coarse, logits, semantic_proto, spatial_proto, target.long())
         return logits, losses
 
     def _losses(
         self,
         feat: Tensor,
-        feat_pos: Tensor,
+        embedding: PixelEmbedding,
         coarse: Tensor,
         logits: Tensor,
         semantic_proto: Tensor,
@@ -269,7 +290,7 @@ class SSAClassifier(nn.Module):
     ) -> dict[str, Tensor]:
         """The eight weighted loss terms of docs/algorithm.md §5 (steps 5-13)."""
         small = legacy_nearest_downsample(target, feat.shape[-2:])
-        teacher_logits, teacher_semantic, teacher_spatial = self.teacher(feat, feat_pos, small)
+        teacher_logits, teacher_semantic, teacher_spatial = self.teacher(feat, embedding, small)
         boundary = boundary_mask(small, self.border, self.dilation)
 
         labels = pixel_labels(target, self.num_classes, self.ignore_index, feat.dtype)
