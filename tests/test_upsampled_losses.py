@@ -11,8 +11,9 @@ from ssaseg.classifiers.losses import Scored, check_target, pixel_labels, reduce
 
 
 def _reference(logits, target, align_corners, mask_ignore):
-    """The statistics from the materialised upsampling: per-image Σ_valid CE, per-class Σ sigmoid,
-    per-class Σ_valid sigmoid of the own class, per-class valid counts."""
+    """The statistics from the materialised upsampling: per-image Σ_valid CE, per-class Σ sigmoid
+    (for the classes present in the image, 0 for the others), per-class Σ_valid sigmoid of the
+    own class, per-class valid counts."""
     up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=align_corners)
     num_classes = logits.shape[1]
     valid = target != 255
@@ -23,7 +24,8 @@ def _reference(logits, target, align_corners, mask_ignore):
     label_prob_sum = (prob * onehot).sum((2, 3))
     if mask_ignore:
         prob = prob * valid[:, None]
-    return ce_sum, prob.sum((2, 3)), label_prob_sum, onehot.sum((2, 3)).to(logits.dtype)
+    count = onehot.sum((2, 3))
+    return ce_sum, prob.sum((2, 3)) * (count > 0), label_prob_sum, count.to(logits.dtype)
 
 
 def _labels(logits, target):
@@ -45,11 +47,17 @@ def _outputs(stats):
 @pytest.mark.parametrize("align_corners", [True, False])
 @pytest.mark.parametrize("mask_ignore", [False, True])
 @pytest.mark.parametrize("size", [(19, 23), (3, 4)])  # upsampling, and rows/columns downsampled
-def test_values_and_gradients_match_autograd(monkeypatch, band_elements, logit_bound, align_corners, mask_ignore, size):
+@pytest.mark.parametrize("few_classes", [False, True])  # every class present / 2 and 3 of 7 (a subset)
+def test_values_and_gradients_match_autograd(
+    monkeypatch, band_elements, logit_bound, align_corners, mask_ignore, size, few_classes
+):
     monkeypatch.setitem(losses._BAND_ELEMENTS, "cpu", band_elements)
     gen = torch.Generator().manual_seed(0)
     logits = (3 * torch.randn(2, 7, 5, 6, generator=gen, dtype=torch.float64)).clamp(-12, 12).requires_grad_(True)
     target = torch.randint(0, 7, (2, *size), generator=gen)
+    if few_classes:
+        target[0] = torch.tensor([1, 4])[torch.randint(0, 2, size, generator=gen)]
+        target[1] = torch.tensor([0, 2, 6])[torch.randint(0, 3, size, generator=gen)]
     target[0, :2] = 255
     weights = (
         torch.randn(2, generator=gen, dtype=torch.float64),
@@ -102,6 +110,24 @@ def test_several_logits_in_one_pass_match_each_alone(monkeypatch, shift):
     grads_ref = torch.autograd.grad(objective_ref, [coarse, student, teacher])
     for a, b in zip(grads_fast, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_sigmoid_sums_of_absent_classes_are_zero_when_every_class_is_computed():
+    """One image holds every class, so all K are computed (as on an accelerator); the other
+    image's absent classes still read 0, with no gradient, like the reference."""
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(2, 4, 3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 4, (2, 12, 10), generator=gen)
+    target[0, :2, :4] = torch.arange(4).repeat(2, 1)  # image 0 holds all 4 classes
+    target[1] = torch.where(target[1] < 2, 1, 3)  # image 1 only classes 1 and 3
+    got = _stats(logits, target, with_prob_sum=True)
+    ref = _reference(logits, target, False, False)
+    assert (got.prob_sum[1, [0, 2]] == 0).all()
+    torch.testing.assert_close(got.prob_sum, ref[1], rtol=1e-12, atol=1e-12)
+    weight = torch.randn(2, 4, generator=gen, dtype=torch.float64)
+    (grad_fast,) = torch.autograd.grad((got.prob_sum * weight).sum(), logits)
+    (grad_ref,) = torch.autograd.grad((ref[1] * weight).sum(), logits)
+    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-10, atol=1e-12)
 
 
 def test_logits_of_different_shapes_are_refused():

@@ -164,6 +164,9 @@ class _LabelBands(NamedTuple):
     corner_index: Tensor  # (4·H·B·W,) long: flat index into (B,K,h,w) of each pixel's own class at its 4 bilinear corners
     corner_weight: Tensor  # (4·H·B·W,): the corners' bilinear weights times the pixel's validity
     own_unit: Tensor  # (B,K,h,w): gradient of Σ_valid p up[b,t_p,p] (per image b) w.r.t. the logits
+    present: Tensor  # (B,K): 1 for the classes with valid pixels in the image (the dice's masks), else 0
+    selected: Tensor | None  # (B,S) long: per image, the classes whose sigmoid sums are computed
+    # (the present ones, padded with K); None: all K classes
 
 
 def _label_bands(labels: PixelLabels, plan: BilinearPlan, shape: torch.Size) -> _LabelBands:
@@ -178,8 +181,22 @@ def _label_bands(labels: PixelLabels, plan: BilinearPlan, shape: torch.Size) -> 
     corner_index = (base + row_offset[:, None] + col_offset[None]).flatten()  # (2,2,H,B,W)
     corner_weight = (plan.row_weight[:, None, :, None, None] * plan.col_weight[None, :, None, None, :] * labels.weight).flatten()
     own_unit = labels.weight.new_zeros(shape.numel()).index_add_(0, corner_index, corner_weight).view(shape)
+    present = labels.class_count > 0
+    selected = None
+    if labels.index.device.type == "cpu":  # reading the class counts costs no device wait on CPU
+        width = max(int(present.sum(1).max()), 1)
+        if width < classes:
+            order = torch.argsort((~present).to(torch.uint8), dim=1, stable=True)[:, :width]  # present classes first
+            slot = torch.arange(width, device=present.device)
+            selected = torch.where(slot < present.sum(1, keepdim=True), order, classes)
     return _LabelBands(
-        labels.index.view(-1, 1).split(sizes), labels.weight.view(-1, 1).split(sizes), corner_index, corner_weight, own_unit
+        labels.index.view(-1, 1).split(sizes),
+        labels.weight.view(-1, 1).split(sizes),
+        corner_index,
+        corner_weight,
+        own_unit,
+        present.to(labels.weight.dtype),
+        selected,
     )
 
 
@@ -188,22 +205,32 @@ class _UpsampledSums(torch.autograd.Function):
 
     * ce_sum (B,) = Σ_valid p [logsumexp_k up[b,:,p] - up[b,t_p,p]];
     * with ``with_sigmoid``: prob_sum (B,K) = Σ_p mask[b,p] · sigmoid(up[b,k,p]) (all pixels
-      when the mask is None) and label_prob_sum (B,K) = Σ_valid p with t_p = k sigmoid(up[b,k,p]);
-      empty tensors otherwise.
+      when the mask is None) for the classes k present in image b, 0 for the others (the dice
+      only reads present (image, class) masks), and label_prob_sum (B,K) = Σ_valid p with t_p = k
+      sigmoid(up[b,k,p]); empty tensors otherwise.
 
     The gradients of every output w.r.t. the logits are accumulated in the forward as (B,K,h,w)
     tensors; the backward only scales them by the incoming gradients. The own-class logit is
     linear in the logits, so its sum and gradient come from ``bands.own_unit`` at low resolution.
+    On CPU the sigmoid work covers only each image's present classes (``bands.selected``).
     """
 
     @staticmethod
     def forward(ctx, logits, plan, labels, bands, sigmoid_mask, with_sigmoid, shift_free):
         batch, classes, h, w = logits.shape
         big_w = plan.out_size[1]
-        width = batch * big_w * classes  # one label row
-        planes = 2 if with_sigmoid else 1  # the band's logits, then CE gradient; its sigmoid gradient
         need_grad = ctx.needs_input_grad[0]
+        selected = bands.selected if with_sigmoid else None
+        sig_classes = selected.shape[1] if selected is not None else classes  # S: sigmoid channels per pixel
         low = logits.detach().permute(2, 0, 3, 1).contiguous()  # (h,B,w,K)
+        # The streams: the logits of all K classes (for the CE, then its gradient) and, with the
+        # sigmoid sums, the logits of the S classes they cover (then the sigmoid gradient). The
+        # classes are picked at low resolution, so the sigmoid stream is upsampled on its own.
+        lows = [low]  # the sources of the streams with their own upsampling
+        if selected is not None:  # per image, the selected classes (padding reads class K-1, dropped below)
+            index = selected.clamp_max(classes - 1).view(1, batch, 1, sig_classes).expand(h, -1, w, -1)
+            lows.append(torch.gather(low, 3, index))
+        channels = [classes, sig_classes][: 2 if with_sigmoid else 1]
         lse = logits.new_empty(labels.index.shape)  # per-pixel log-sum-exp (H,B,W)
         own = logits.new_empty(labels.index.shape) if with_sigmoid else None  # per-pixel own-class logit
         lse_bands = lse.view(-1).split([len(i) for i in bands.index])
@@ -211,25 +238,25 @@ class _UpsampledSums(torch.autograd.Function):
         max_rows = max(stop - start for start, stop, _, _ in plan.bands)
         ones_k = logits.new_ones(classes)
         ones_rows = logits.new_ones(1, max_rows)
-        prob_acc = logits.new_zeros(1, width) if with_sigmoid else None
-        values = logits.new_empty(planes, max_rows, width)
+        values = [logits.new_empty(max_rows, batch * big_w * c) for c in channels]
+        prob_acc = logits.new_zeros(1, batch * big_w * sig_classes) if with_sigmoid else None
         # A sliding window over the input rows the bands read: each is upsampled along the
         # columns once, and its column-resolution gradient goes through the transposed column
         # upsampling once, when no later band reads it. The buffers hold a few rows more than a
         # band reads, so the window is moved to their front only every few rows.
         capacity = max(hi - lo for _, _, lo, hi in plan.bands) + _WINDOW_SLACK
-        columns = logits.new_empty(capacity, width)
-        grad_columns = logits.new_empty(planes, capacity, width) if need_grad else None
-        grad = logits.new_zeros(planes, h, batch, w, classes) if need_grad else None
+        columns = [logits.new_empty(capacity, batch * big_w * x.shape[-1]) for x in lows]
+        grad_columns = [logits.new_empty(capacity, batch * big_w * c) for c in channels] if need_grad else []
+        grads = [logits.new_zeros(h, batch, w, c) for c in channels] if need_grad else []
         first = end = base = 0  # input rows [first, end) are held at positions [base, base + end - first)
 
         def retire(rows: int) -> None:
             """The window's first ``rows`` rows are complete: through the transposed column upsampling."""
-            for plane in range(planes):
-                g = grad_columns[plane, base : base + rows].view(rows * batch, 1, big_w, classes).permute(0, 3, 1, 2)
-                out = grad[plane, first : first + rows].view(rows * batch, 1, w, classes).permute(0, 3, 1, 2)
+            for stream, c in enumerate(channels):
+                g = grad_columns[stream][base : base + rows].view(rows * batch, 1, big_w, c).permute(0, 3, 1, 2)
+                out = grads[stream][first : first + rows].view(rows * batch, 1, w, c).permute(0, 3, 1, 2)
                 torch.ops.aten.upsample_bilinear2d_backward.grad_input(
-                    g, [1, big_w], [rows * batch, classes, 1, w], plan.align_corners, None, None, grad_input=out
+                    g, [1, big_w], [rows * batch, c, 1, w], plan.align_corners, None, None, grad_input=out
                 )
 
         for band, ((start, stop, lo, hi), (band_rows, band_rows_t)) in enumerate(zip(plan.bands, plan.band_rows)):
@@ -245,23 +272,28 @@ class _UpsampledSums(torch.autograd.Function):
             if hi > end:
                 if base + hi - first > capacity:  # move the kept rows to the front (clone: the ranges may overlap)
                     kept = end - first
-                    columns[:kept] = columns[base : base + kept].clone()
-                    if need_grad:
-                        grad_columns[:, :kept] = grad_columns[:, base : base + kept].clone()
+                    for buffer in columns + grad_columns:
+                        buffer[:kept] = buffer[base : base + kept].clone()
                     base = 0
                 a, b = base + end - first, base + hi - first  # upsample the columns of the new input rows
-                x = low[end:hi].view((b - a) * batch, 1, w, classes).permute(0, 3, 1, 2)
-                out = columns[a:b].view((b - a) * batch, 1, big_w, classes).permute(0, 3, 1, 2)
-                torch.ops.aten.upsample_bilinear2d.out(x, [1, big_w], plan.align_corners, None, None, out=out)
-                if need_grad:
-                    grad_columns[:, a:b].zero_()
+                for source, buffer, c in zip(lows, columns, channels):
+                    x = source[end:hi].view((b - a) * batch, 1, w, c).permute(0, 3, 1, 2)
+                    out = buffer[a:b].view((b - a) * batch, 1, big_w, c).permute(0, 3, 1, 2)
+                    torch.ops.aten.upsample_bilinear2d.out(x, [1, big_w], plan.align_corners, None, None, out=out)
+                for buffer in grad_columns:
+                    buffer[a:b].zero_()
                 end = hi
-            up, sig = values[0, :rows], values[-1, :rows]
+            for buffer, value in zip(columns, values):  # the band's rows
+                torch.mm(band_rows, buffer[base : base + hi - lo], out=value[:rows])
+            up = values[0][:rows]
             pixels = up.view(-1, classes)  # (rows·B·W, K)
-            torch.mm(band_rows, columns[base : base + hi - lo], out=up)
             if with_sigmoid:
+                sig = values[1][:rows]
+                if selected is None:
+                    torch.sigmoid(up, out=sig)
+                else:
+                    sig.sigmoid_()
                 torch.gather(pixels, 1, bands.index[band], out=own_bands[band])
-                torch.sigmoid(up, out=sig)
             if not shift_free:
                 peak = pixels.amax(1, keepdim=True)
                 pixels.sub_(peak)
@@ -272,28 +304,38 @@ class _UpsampledSums(torch.autograd.Function):
                 lse_bands[band].add_(peak[:, 0])
             if with_sigmoid:
                 if sigmoid_mask is not None:
-                    sig.view(-1, classes).mul_(sigmoid_mask[start:stop].view(-1, 1))
+                    sig.view(-1, sig_classes).mul_(sigmoid_mask[start:stop].view(-1, 1))
                 prob_acc.addmm_(ones_rows[:, :rows], sig)
                 if need_grad:  # d sigmoid = s(1-s); masked pixels stay 0
                     sig.addcmul_(sig, sig, value=-1.0)
             if need_grad:  # d logsumexp = weight · softmax (the own-class part is bands.own_unit)
                 pixels.mul_(bands.weight[band] / total[:, None])
                 # The band's gradients back through its rows, into the window's column-resolution rows.
-                grad_columns[:, base : base + hi - lo].baddbmm_(band_rows_t.expand(planes, -1, -1), values[:, :rows])
+                for buffer, value in zip(grad_columns, values):
+                    buffer[base : base + hi - lo].addmm_(band_rows_t, value[:rows])
         if need_grad and end > first:
             retire(end - first)
 
         ce_sum = (lse * labels.weight).sum((0, 2)) - (bands.own_unit * logits.detach()).sum((1, 2, 3))
         unit_ce = unit_prob = unit_label = None
         if need_grad:
-            units = grad.permute(0, 2, 4, 1, 3).contiguous()  # (planes,B,K,h,w)
-            unit_ce = units[0].sub_(bands.own_unit)
-            unit_prob = units[1] if with_sigmoid else None
+            unit_ce = grads[0].permute(1, 3, 0, 2).contiguous().sub_(bands.own_unit)
         if not with_sigmoid:
             ctx.save_for_backward(unit_ce, None, None)
             empty = logits.new_zeros(0)
             return ce_sum, empty, empty
-        prob_sum = prob_acc.view(batch, big_w, classes).sum(1)
+        prob_sum = prob_acc.view(batch, big_w, sig_classes).sum(1)
+        if selected is not None:  # back to all K classes; padding goes to a dropped class K
+            prob_sum = logits.new_zeros(batch, classes + 1).scatter_(1, selected, prob_sum)[:, :classes]
+            if need_grad:
+                unit_prob = logits.new_zeros(h, batch, w, classes + 1)
+                unit_prob.scatter_(3, selected.view(1, batch, 1, -1).expand(h, -1, w, -1), grads[1])
+                unit_prob = unit_prob[..., :classes]
+        elif need_grad:
+            unit_prob = grads[1]
+        prob_sum = prob_sum * bands.present
+        if need_grad:
+            unit_prob = unit_prob.permute(1, 3, 0, 2).mul(bands.present[:, :, None, None]).contiguous()
         own_prob = torch.sigmoid(own)  # (H,B,W)
         valid_own_prob = own_prob * labels.weight
         image = torch.arange(batch, device=logits.device)[None, :, None]
@@ -329,7 +371,7 @@ class UpsampledStats(NamedTuple):
     """Statistics of logits upsampled to the label size (see :func:`upsampled_stats`)."""
 
     ce_sum: Tensor  # (B,) Σ over valid pixels of the cross-entropy of the upsampled logits
-    prob_sum: Tensor  # (B,K) Σ over pixels of sigmoid(upsampled logits), or empty
+    prob_sum: Tensor  # (B,K) Σ over pixels of sigmoid(upsampled logits) for the classes present in the image (else 0), or empty
     label_prob_sum: Tensor  # (B,K) Σ over the valid pixels labelled k of sigmoid(upsampled logit k), or empty
     class_count: Tensor  # (B,K) valid pixels per class
     num_pixels: int  # B·H·W, ignored pixels included
