@@ -2,8 +2,9 @@
 
 Setting: B = 2, C = 256, K = 150, 64x64 features, 512x512 labels with 12 classes
 per image and an ignore band. All classifiers of ``ssaseg.classifiers.CLASSIFIERS`` are timed in
-the same run, interleaved, and the median of ``--runs`` repetitions is reported with the ratio
-to the linear baseline.
+the same run, in rounds that run each of them back to back; reported are the median of
+``--runs`` rounds and, as the ratio to the linear baseline, the median over rounds of the
+per-round ratio (steadier than the ratio of medians when the machine's speed drifts).
 
     python benchmarks/classifier_overhead.py [--runs 20] [--device cpu|cuda] [--threads N]
 """
@@ -91,10 +92,11 @@ def main() -> None:
     print(f"device={device} threads={threads} torch={torch.__version__} runs={args.runs}")
     header, rows = ["phase", "classifier", "median (ms)", f"ratio to {BASELINE_CLASSIFIER}"], []
     for phase in ("train step", "inference"):
-        base = statistics.median(timings[(phase, BASELINE_CLASSIFIER)])
+        base = timings[(phase, BASELINE_CLASSIFIER)]
         for name in models:
             median = statistics.median(timings[(phase, name)])
-            rows.append([phase, name, f"{median * 1e3:.1f}", f"{median / base:.2f}x"])
+            ratio = statistics.median(t / b for t, b in zip(timings[(phase, name)], base))
+            rows.append([phase, name, f"{median * 1e3:.1f}", f"{ratio:.2f}x"])
     print(render_table(header, rows, fmt="plain", align="llrr"))
 
 

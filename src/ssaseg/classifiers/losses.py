@@ -342,8 +342,9 @@ class _UpsampledSums(torch.autograd.Function):
         slot = (image * classes + labels.index).flatten()
         label_prob_sum = logits.new_zeros(batch * classes).index_add_(0, slot, valid_own_prob.flatten())
         if need_grad:  # d label_prob_sum: the own class's sigmoid slope, scattered to its 4 corners
-            slope = (valid_own_prob * (1.0 - own_prob)).flatten().repeat(4)
-            unit_label = logits.new_zeros(logits.numel()).index_add_(0, bands.corner_index, bands.corner_weight * slope)
+            slope = (valid_own_prob * (1.0 - own_prob)).view(1, -1)  # the same for the 4 corners
+            corner_values = (bands.corner_weight.view(4, -1) * slope).flatten()
+            unit_label = logits.new_zeros(logits.numel()).index_add_(0, bands.corner_index, corner_values)
             unit_label = unit_label.view_as(logits)
         ctx.save_for_backward(unit_ce, unit_prob, unit_label)
         return ce_sum, prob_sum, label_prob_sum.view(batch, classes)
