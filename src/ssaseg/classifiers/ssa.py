@@ -92,11 +92,20 @@ def legacy_nearest_downsample(labels: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
+def class_weighted_sums(pixels: Tensor, weights: Tensor) -> Tensor:
+    """Σ_n weights[b,k,n] · pixels[b,:,n]: pixels (B,C,N), weights (B,K,N) -> (B,K,C).
+
+    Computed as (pixels @ weightsᵀ)ᵀ, so the gradient w.r.t. the pixels comes out (B,C,N)
+    contiguous (``weights @ pixelsᵀ`` gives it transposed, which costs a copy in the
+    convolution backward it flows into and strided adds where gradients accumulate)."""
+    return (pixels @ weights.transpose(1, 2)).transpose(1, 2)
+
+
 def soft_class_centers(feat_flat: Tensor, coarse_flat: Tensor, eps: float) -> Tensor:
     """Per-image soft class centres (SEPA, docs/algorithm.md §3): softmax over classes of the coarse logits
     M (B,K,N), then the probability-weighted mean of the pixel features F (B,C,N) -> (B,K,C)."""
     class_prob = F.softmax(coarse_flat, dim=1)
-    return (class_prob @ feat_flat.transpose(1, 2)) / (class_prob.sum(-1, keepdim=True) + eps)
+    return class_weighted_sums(feat_flat, class_prob) / (class_prob.sum(-1, keepdim=True) + eps)
 
 
 def class_onehot(labels: Tensor, num_classes: int, ignore_index: int, dtype: torch.dtype) -> Tensor:
@@ -112,7 +121,7 @@ def pooled_class_centers(feat_flat: Tensor, onehot: Tensor, fallback: Tensor, ep
     feature of each class present in ``onehot`` (B,K,N); absent classes take their row of
     ``fallback`` (K,C). F (B,C,N) -> (K,C)."""
     count = onehot.sum((0, 2))[:, None]
-    feat_sums = (onehot @ feat_flat.transpose(1, 2)).sum(0)
+    feat_sums = class_weighted_sums(feat_flat, onehot).sum(0)
     return torch.where(count > 0, feat_sums / (count + eps), fallback)
 
 
@@ -214,7 +223,7 @@ class SSAClassifier(nn.Module):
         batch, _, h, w = feat.shape
         mask = coarse.flatten(2)
         # SPPA: softmax over positions gathers one spatial center per class.
-        spatial_center = F.softmax(mask, dim=-1) @ embedding.position.transpose(1, 2)
+        spatial_center = class_weighted_sums(embedding.position, F.softmax(mask, dim=-1))
         class_pos = self.class_position.weight.expand(batch, -1, -1)
         spatial_proto = self.spatial_proj(torch.cat([class_pos, spatial_center], dim=-1))
         # SEPA: softmax over classes, then a probability-weighted mean of the pixel features.
@@ -247,7 +256,7 @@ class SSAClassifier(nn.Module):
         semantic_center = pooled_class_centers(feat.flatten(2), onehot, prototypes.detach(), self.eps)
         semantic_proto = self.teacher_semantic_proj(torch.cat([semantic_center, prototypes], dim=-1))
         # Spatial centers are per image.
-        pos_sums = onehot @ embedding.position.transpose(1, 2)
+        pos_sums = class_weighted_sums(embedding.position, onehot)
         spatial_center = torch.where(
             count_per_image[..., None] > 0, pos_sums / (count_per_image[..., None] + self.eps), class_pos.detach()
         )
