@@ -31,15 +31,16 @@ from ssaseg.models import create_model
 CLASSIFIERS = ("linear", "ssa")
 
 
-def make_batch(batch: int, size: int, num_classes: int, device: torch.device, seed: int = 0):
-    """Random images (B,3,S,S) and labels (B,S,S) of 8x8 blocks of 12 classes, with an ignore band."""
+def make_batch(batch: int, size: int, num_classes: int, device: torch.device, seed: int = 0, per_image: int = 12):
+    """Random images (B,3,S,S) and labels (B,S,S) of 8x8 blocks of ``per_image`` classes, with an ignore band."""
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, size, size, generator=gen)
     labels = torch.empty(batch, size, size, dtype=torch.long)
     cell = -(-size // 8)
+    per_image = min(per_image, num_classes, 64)
     for b in range(batch):
-        classes = torch.randperm(num_classes, generator=gen)[:12]
-        cells = torch.randint(0, min(12, num_classes), (8, 8), generator=gen)
+        classes = torch.randperm(num_classes, generator=gen)[:per_image]
+        cells = torch.randperm(64, generator=gen).remainder(per_image).view(8, 8)  # every class in some cell
         labels[b] = classes[cells].repeat_interleave(cell, 0).repeat_interleave(cell, 1)[:size, :size]
     labels[:, size // 2 - size // 32 : size // 2 + size // 32] = 255
     return images.to(device), labels.to(device)
@@ -82,6 +83,7 @@ def peak_memory(args, classifier: str) -> int:
     """Peak bytes of two train steps of one classifier in a fresh process."""
     cmd = [sys.executable, os.path.abspath(__file__), args.model, "--memory-only", classifier]
     cmd += ["--size", str(args.size), "--batch", str(args.batch), "--classes", str(args.classes)]
+    cmd += ["--classes-per-image", str(args.classes_per_image)]
     cmd += ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return int(json.loads(out.strip().splitlines()[-1])["peak_bytes"])
@@ -89,7 +91,7 @@ def peak_memory(args, classifier: str) -> int:
 
 def memory_only(args, device: torch.device) -> None:
     model, optimizer = build(args.model, args.memory_only, args.classes, device)
-    images, labels = make_batch(args.batch, args.size, args.classes, device)
+    images, labels = make_batch(args.batch, args.size, args.classes, device, per_image=args.classes_per_image)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(2):
@@ -108,6 +110,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="square crop size S")
     parser.add_argument("--batch", type=int, default=2, help="train batch size B (inference uses 1)")
     parser.add_argument("--classes", type=int, default=150, help="K")
+    parser.add_argument(
+        "--classes-per-image", type=int, default=12, help="classes present in each label map (at most 64: 8x8 blocks)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--runs", type=int, default=7, help="timed repetitions per classifier")
@@ -123,13 +128,14 @@ def main() -> None:
         return
 
     print(
-        f"{args.model}: {args.size}x{args.size}, train batch {args.batch}, K={args.classes}, device={device}, "
+        f"{args.model}: {args.size}x{args.size}, train batch {args.batch}, K={args.classes}, "
+        f"{min(args.classes_per_image, args.classes, 64)} classes per image, device={device}, "
         f"threads={torch.get_num_threads()}, torch {torch.__version__}, median of {args.runs} rounds (SSA / linear: median of the per-round ratios)"
     )
     print(f"| {'':<22}| {'linear':>10} | {'SSA':>10} | {'SSA / linear':>12} |")
     print(f"|{'-' * 23}|{'-' * 12}|{'-' * 12}|{'-' * 14}|", flush=True)
     built = {name: build(args.model, name, args.classes, device) for name in CLASSIFIERS}
-    images, labels = make_batch(args.batch, args.size, args.classes, device)
+    images, labels = make_batch(args.batch, args.size, args.classes, device, per_image=args.classes_per_image)
     phases = {
         "train step": lambda name: train_step(*built[name], images, labels),
         "inference": lambda name: infer(built[name][0], images[:1]),
