@@ -130,7 +130,8 @@ def main() -> None:
     print(
         f"{args.model}: {args.size}x{args.size}, train batch {args.batch}, K={args.classes}, "
         f"{min(args.classes_per_image, args.classes, 64)} classes per image, device={device}, "
-        f"threads={torch.get_num_threads()}, torch {torch.__version__}, median of {args.runs} rounds (SSA / linear: median of the per-round ratios)"
+        f"threads={torch.get_num_threads()}, torch {torch.__version__}, median of {args.runs} rounds "
+        "(SSA / linear: median of the per-round ratios)"
     )
     print(f"| {'':<22}| {'linear':>10} | {'SSA':>10} | {'SSA / linear':>12} |")
     print(f"|{'-' * 23}|{'-' * 12}|{'-' * 12}|{'-' * 14}|", flush=True)

@@ -16,7 +16,15 @@ import torch
 from torch import Tensor, nn
 
 from .linear import cls_seg
-from .losses import PixelLabels, Scored, UpsampledStats, check_target, pixel_labels, reduce_cross_entropy, upsampled_stats
+from .losses import (
+    PixelLabels,
+    Scored,
+    UpsampledStats,
+    check_target,
+    pixel_labels,
+    reduce_cross_entropy,
+    upsampled_stats,
+)
 from .ssa import (
     _full_precision,
     call_in_full_precision,

@@ -5,36 +5,39 @@ Upsampled logits are (B, K, H, W) — 78.6 M floats for B = 2, K = 150 at 512².
 needs them is a sum over pixels, so the losses only need, per image:
 
 * the cross-entropy summed over the valid pixels (B,);
-* the sigmoid of every (pixel, class) summed over the pixels (B, K) (dice);
+* the sigmoid of every (pixel, class) summed over the pixels (B, K), for the classes present in
+  the image: the dice reads no other (dice);
 * the sigmoid of each valid pixel's own class summed per class (B, K) (the dice intersection).
 
 Bilinear upsampling is separable with two non-zeros per output row and column. The label rows are
-processed in bands small enough to stay in the per-core cache: a band's few low-resolution input
-rows are upsampled along the columns (PyTorch's own 1-D bilinear kernel), the band's rows are formed
-by a thin (rows x 2..3) matmul, and the log-sum-exp, the sigmoid sums *and their gradients* are
-computed on the band. Each band's gradient goes back through the same two steps transposed
-(``upsample_bilinear2d_backward`` for the columns) into a low-resolution accumulator, so the
-backward is one multiply-add of low-resolution tensors: nothing is recomputed, nothing larger than a
-band is ever allocated, and autograd saves only ``(B, K, h, w)`` tensors. The gradient is exact for
-any incoming gradient because every output is a sum with per-image (B,) or per-(image, class)
-(B, K) coefficients.
+processed in bands of a few MB. The low-resolution input rows the bands read go through a sliding
+window: each is upsampled along the columns once (PyTorch's own 1-D bilinear kernel); a band's rows
+are then a thin (rows x 2..3) matmul of the window, and the log-sum-exp, the sigmoid sums *and their
+gradients* are computed on the band. The band's gradient goes back through its rows into the
+window, and each window row through the transposed column upsampling
+(``upsample_bilinear2d_backward``) once no later band reads it, into a low-resolution accumulator.
+So the backward is one multiply-add of low-resolution tensors: nothing is recomputed, nothing much
+larger than a band is allocated, and autograd saves only ``(B, K, h, w)`` tensors. The gradient is
+exact for any incoming gradient because every output is a sum with per-image (B,) or
+per-(image, class) (B, K) coefficients. The own-class logit is linear in the logits, so its part of
+the cross-entropy and of its gradient is one low-resolution tensor shared by every logits tensor
+scored against the same labels.
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-#: Elements (rows x B x W x K) per band. On CPU 2^19 (2 MB in fp32, ~3 label rows at B = 2,
-#: K = 150, 512²) keeps a band in the per-core L2 cache, where elementwise ops ran ~1.5x faster
-#: than at 2^21 (benchmarks/classifier_overhead.py); fewer, larger bands would save per-op
-#: dispatch. On a GPU 2^24 keeps launches few and buffers small.
+#: Elements (rows x B x W x K) per band. On CPU 2^21 (8 MB in fp32, 13 label rows at B = 2,
+#: K = 150, 512²) measured fastest: at 2^19 and 2^20 the per-band op dispatch cost more than the
+#: smaller bands saved in cache, at 2^22 the ops slowed down (benchmarks/train_step.py). On a GPU
+#: 2^24 keeps launches few and buffers small.
 _BAND_ELEMENTS = {"cpu": 1 << 21}
 _DEFAULT_BAND_ELEMENTS = 1 << 24
 #: Below this bound on |logits|, exp() needs no max shift in fp32 (e^60 · K stays far from
@@ -140,7 +143,9 @@ class PixelLabels(NamedTuple):
     num_pixels: int  # B·H·W, ignored pixels included
 
 
-def pixel_labels(target: Tensor, num_classes: int, ignore_index: int = 255, dtype: torch.dtype = torch.float32) -> PixelLabels:
+def pixel_labels(
+    target: Tensor, num_classes: int, ignore_index: int = 255, dtype: torch.dtype = torch.float32
+) -> PixelLabels:
     """:class:`PixelLabels` of ``target`` (B,H,W) integer, labels in [0, K) or ``ignore_index``
     (the range is the caller's to check, see :func:`check_target`)."""
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -161,7 +166,8 @@ class _LabelBands(NamedTuple):
 
     index: tuple[Tensor, ...]  # per band, (rows·B·W, 1) long: the pixels' classes (0 where ignored)
     weight: tuple[Tensor, ...]  # per band, (rows·B·W, 1): 1 for valid pixels, 0 for ignored ones
-    corner_index: Tensor  # (4·H·B·W,) long: flat index into (B,K,h,w) of each pixel's own class at its 4 bilinear corners
+    corner_index: Tensor  # (4·H·B·W,) long: flat index into (B,K,h,w) of each pixel's own class at
+    # its 4 bilinear corners
     corner_weight: Tensor  # (4·H·B·W,): the corners' bilinear weights times the pixel's validity
     own_unit: Tensor  # (B,K,h,w): gradient of Σ_valid p up[b,t_p,p] (per image b) w.r.t. the logits
     present: Tensor  # (B,K): 1 for the classes with valid pixels in the image (the dice's masks), else 0
@@ -179,7 +185,8 @@ def _label_bands(labels: PixelLabels, plan: BilinearPlan, shape: torch.Size) -> 
     row_offset = (plan.row_index * w)[:, :, None, None]  # (2,H,1,1)
     col_offset = plan.col_index[:, None, None, :]  # (2,1,1,W)
     corner_index = (base + row_offset[:, None] + col_offset[None]).flatten()  # (2,2,H,B,W)
-    corner_weight = (plan.row_weight[:, None, :, None, None] * plan.col_weight[None, :, None, None, :] * labels.weight).flatten()
+    corner_weight = plan.row_weight[:, None, :, None, None] * plan.col_weight[None, :, None, None, :]
+    corner_weight = (corner_weight * labels.weight).flatten()
     own_unit = labels.weight.new_zeros(shape.numel()).index_add_(0, corner_index, corner_weight).view(shape)
     present = labels.class_count > 0
     selected = None
@@ -372,7 +379,8 @@ class UpsampledStats(NamedTuple):
     """Statistics of logits upsampled to the label size (see :func:`upsampled_stats`)."""
 
     ce_sum: Tensor  # (B,) Σ over valid pixels of the cross-entropy of the upsampled logits
-    prob_sum: Tensor  # (B,K) Σ over pixels of sigmoid(upsampled logits) for the classes present in the image (else 0), or empty
+    prob_sum: Tensor  # (B,K) Σ over pixels of sigmoid(upsampled logits), for the classes present in
+    # the image (0 for the others), or empty
     label_prob_sum: Tensor  # (B,K) Σ over the valid pixels labelled k of sigmoid(upsampled logit k), or empty
     class_count: Tensor  # (B,K) valid pixels per class
     num_pixels: int  # B·H·W, ignored pixels included
@@ -421,7 +429,9 @@ def upsampled_stats(
             )
     batch, classes = first.shape[:2]
     if labels.class_count.shape != (batch, classes):
-        raise ValueError(f"labels were built for {tuple(labels.class_count.shape)} (B, K), logits are {tuple(first.shape)}")
+        raise ValueError(
+            f"labels were built for {tuple(labels.class_count.shape)} (B, K), logits are {tuple(first.shape)}"
+        )
     plan = plan_for(first, (labels.index.shape[0], labels.index.shape[2]), align_corners)
     labels = labels._replace(weight=labels.weight.to(first.dtype), class_count=labels.class_count.to(first.dtype))
     mask = labels.weight if mask_ignore else None
