@@ -179,8 +179,8 @@ class CACClassifier(nn.Module):
     def _upsampled_stats(
         self, logits: Tensor, teacher_logits: Tensor, coarse: Tensor, labels: PixelLabels
     ) -> list[UpsampledStats]:
-        """CE statistics of the student, oracle and coarse logits, in one pass over the label rows
-        when the student's loss interpolates like the others (two passes otherwise)."""
+        """CE statistics of the student, oracle and coarse logits: one interpolation plan and one set
+        of label tables serve all three when the student's loss interpolates like the others."""
         student, teacher = Scored(logits, logit_bound=self.tau), Scored(teacher_logits, logit_bound=self.tau)
         if self.main_align_corners == self.loss_align_corners:
             return upsampled_stats([student, teacher, Scored(coarse)], labels, self.loss_align_corners)
