@@ -138,9 +138,15 @@ class PixelLabels(NamedTuple):
     :func:`pixel_labels` and shared by every logits tensor scored against them."""
 
     index: Tensor  # (H,B,W) long: the pixel's class, 0 where ignored
+    slot: Tensor  # (H,B,W) long: b·K + the pixel's class, the flat (image, class) index
     weight: Tensor  # (H,B,W) float: 1 for valid pixels, 0 for ignored ones
     class_count: Tensor  # (B,K) float: valid pixels per class
     num_pixels: int  # B·H·W, ignored pixels included
+
+
+def _check_integer(target: Tensor) -> None:
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class indices (e.g. torch.long), got dtype {target.dtype}")
 
 
 def pixel_labels(
@@ -148,17 +154,16 @@ def pixel_labels(
 ) -> PixelLabels:
     """:class:`PixelLabels` of ``target`` (B,H,W) integer, labels in [0, K) or ``ignore_index``
     (the range is the caller's to check, see :func:`check_target`)."""
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices (e.g. torch.long), got dtype {target.dtype}")
+    _check_integer(target)
     batch = target.shape[0]
     rows_first = target.transpose(0, 1).contiguous()
     valid = rows_first != ignore_index
     index = torch.where(valid, rows_first, 0).long()
     weight = valid.to(dtype)
-    image = torch.arange(batch, device=target.device)[None, :, None]
+    slot = torch.arange(batch, device=target.device)[None, :, None] * num_classes + index
     class_count = torch.zeros(batch * num_classes, dtype=dtype, device=target.device)
-    class_count.index_add_(0, (image * num_classes + index).flatten(), weight.flatten())
-    return PixelLabels(index, weight, class_count.view(batch, num_classes), target.numel())
+    class_count.index_add_(0, slot.flatten(), weight.flatten())
+    return PixelLabels(index, slot, weight, class_count.view(batch, num_classes), target.numel())
 
 
 class _LabelBands(NamedTuple):
@@ -177,11 +182,10 @@ class _LabelBands(NamedTuple):
 
 def _label_bands(labels: PixelLabels, plan: BilinearPlan, shape: torch.Size) -> _LabelBands:
     """:class:`_LabelBands` of ``labels`` for logits of ``shape`` (B,K,h,w)."""
-    batch, classes, h, w = shape
+    _, classes, h, w = shape
     pixels_per_row = labels.index[0].numel()
     sizes = [(stop - start) * pixels_per_row for start, stop, _, _ in plan.bands]
-    image = torch.arange(batch, device=labels.index.device)[None, :, None]
-    base = (image * classes + labels.index) * (h * w)  # (H,B,W)
+    base = labels.slot * (h * w)  # (H,B,W)
     row_offset = (plan.row_index * w)[:, :, None, None]  # (2,H,1,1)
     col_offset = plan.col_index[:, None, None, :]  # (2,1,1,W)
     corner_index = (base + row_offset[:, None] + col_offset[None]).flatten()  # (2,2,H,B,W)
@@ -345,9 +349,8 @@ class _UpsampledSums(torch.autograd.Function):
             unit_prob = unit_prob.permute(1, 3, 0, 2).mul(bands.present[:, :, None, None]).contiguous()
         own_prob = torch.sigmoid(own)  # (H,B,W)
         valid_own_prob = own_prob * labels.weight
-        image = torch.arange(batch, device=logits.device)[None, :, None]
-        slot = (image * classes + labels.index).flatten()
-        label_prob_sum = logits.new_zeros(batch * classes).index_add_(0, slot, valid_own_prob.flatten())
+        label_prob_sum = logits.new_zeros(batch * classes)
+        label_prob_sum.index_add_(0, labels.slot.flatten(), valid_own_prob.flatten())
         if need_grad:  # d label_prob_sum: the own class's sigmoid slope, scattered to its 4 corners
             slope = (valid_own_prob * (1.0 - own_prob)).view(1, -1)  # the same for the 4 corners
             corner_values = (bands.corner_weight.view(4, -1) * slope).flatten()
@@ -395,8 +398,7 @@ def check_target(target: Tensor, num_classes: int, ignore_index: int) -> None:
     host every step, so it is an asynchronous device assertion instead (reported by the next
     synchronising call, as a device-side assert with the same message).
     """
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices (e.g. torch.long), got dtype {target.dtype}")
+    _check_integer(target)
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
     if target.device.type == "cpu":
         if bad.any():
